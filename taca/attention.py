@@ -1,0 +1,75 @@
+"""Temperature-adjusted cross-modal attention (Lv et al., ICCV 2025, arXiv 2506.07986).
+
+TACA scales only the visual-query × text-key block of the joint attention logits:
+
+    s'[i, j] = γ · q_i·k_j / √d   for a visual query i and a text key j
+    s'[i, j] =     q_i·k_j / √d   for every other pair
+
+Since γ · (q_i·k_j) = q_i·(γ k_j), this is exactly plain attention of the visual
+queries over keys whose text rows are multiplied by γ. So one TACA attention is two
+calls of whatever attention kernel the host chose, with the same FLOPs as one plain
+call and no L×L logits:
+
+    out_text   = attend(Q_text,   K,              V)
+    out_visual = attend(Q_visual, [γ K_text; K_visual], V)
+
+The text tokens come first in the sequence.
+"""
+
+from typing import Callable, Optional, Union
+
+import torch
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def query_rows(mask: Optional[torch.Tensor], start: int, length: int, seq_len: int) -> Optional[torch.Tensor]:
+    """The rows of an attention mask that belong to queries start .. start+length.
+
+    A mask whose query axis is broadcast (size 1) applies to every query as it is.
+    """
+    if mask is None or mask.ndim < 2 or mask.shape[-2] != seq_len:
+        return mask
+    return mask.narrow(-2, start, length)
+
+
+def taca_attention(
+    attend: Attend,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_text: int,
+    gamma: Union[float, torch.Tensor],
+    token_dim: int,
+    out_token_dim: int,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Joint attention with the visual→text logits scaled by γ.
+
+    attend(q, k, v, mask) is the host's attention function; q, k and v have the
+    sequence on axis `token_dim` and its output has it on `out_token_dim`.
+    `gamma` is a number, or one value per batch item. The first `n_text` tokens are
+    text, the rest are visual. The result equals plain attention over logits whose
+    visual-query × text-key block is multiplied by γ.
+    """
+    seq_len = q.shape[token_dim]
+    n_visual = seq_len - n_text
+    out_text = attend(q.narrow(token_dim, 0, n_text), k, v, query_rows(mask, 0, n_text, seq_len))
+
+    if torch.is_tensor(gamma):
+        gamma = gamma.to(k.dtype).view(-1, *([1] * (k.ndim - 1)))
+    # Scale the text keys in place and restore them bit for bit afterwards: the extra
+    # memory is one copy of the text keys instead of a copy of all keys. Under autograd
+    # the keys are cloned first, so the tensors it saved are never written.
+    autograd = k.requires_grad and torch.is_grad_enabled()
+    if autograd:
+        k = k.clone()
+    k_text = k.narrow(token_dim, 0, n_text)
+    saved = None if autograd else k_text.clone()
+    k_text.mul_(gamma)
+    try:
+        out_visual = attend(q.narrow(token_dim, n_text, n_visual), k, v, query_rows(mask, n_text, n_visual, seq_len))
+    finally:
+        if saved is not None:
+            k_text.copy_(saved)
+    return torch.cat((out_text, out_visual), dim=out_token_dim)
