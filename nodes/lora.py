@@ -1,0 +1,198 @@
+"""The TACA LoRA: file → forward-time low-rank adds, switched on per forward.
+
+Keys, fused-qkv row slices and alpha scales are resolved by ComfyUI's own LoRA key map
+and loader (comfy.lora), exactly as LoraLoader resolves them. The adds run beside the
+layer (taca.lowrank), so the base weights are never modified: lowvram partial loading and
+fp8 weights work unchanged, and outside the window the layer's output is untouched.
+"""
+
+import functools
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+import comfy.lora
+import comfy.lora_convert
+import comfy.patcher_extension
+import comfy.utils
+import comfy.weight_adapter
+import torch
+
+from ..taca.lowrank import LowRankAdd, LowRankAdds
+from .patch import is_identity, taca_settings, window_gamma
+
+# Prefixes the diffusers/PEFT training scripts put before the transformer's module names.
+PEFT_PREFIXES = ("transformer.", "base_model.model.")
+
+# What a LoRA's key names say about the model it was trained for, for error messages.
+KEY_HINTS = (
+    ("single_transformer_blocks", "FLUX.1 (diffusers keys)"),
+    ("single_blocks", "FLUX.1"),
+    ("double_blocks", "FLUX.1"),
+    ("joint_blocks", "SD3 / SD3.5"),
+    ("transformer_blocks", "an MM-DiT such as SD3 / SD3.5 (diffusers keys)"),
+    ("down_blocks", "an SD1.5 / SDXL UNet (diffusers keys)"),
+    ("input_blocks", "an SD1.5 / SDXL UNet"),
+    ("lora_unet_down", "an SD1.5 / SDXL UNet (kohya keys)"),
+    ("blocks.0.cross_attn", "Wan"),
+)
+
+
+def load_lora_file(path: str):
+    """The LoRA's tensors and safetensors metadata, or an error that names the file."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"TACALoraLoader: LoRA file '{name}' was not found at {path}.")
+    try:
+        sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    except Exception as e:
+        raise ValueError(
+            f"TACALoraLoader: could not read LoRA file '{name}': it is corrupt, incomplete or not a "
+            f"LoRA checkpoint ({type(e).__name__}: {e}). Download it again from huggingface.co/ldiex/TACA."
+        ) from e
+    return sd, metadata or {}
+
+
+def module_of(key: str) -> str:
+    """The module a LoRA tensor belongs to: 'a.b.lora_A.weight' → 'a.b', 'a.b.alpha' → 'a.b'."""
+    return key.split(".lora", 1)[0] if ".lora" in key else key.rsplit(".", 1)[0]
+
+
+def with_mapped_prefix(sd: dict, key_map: dict) -> dict:
+    """Give bare PEFT keys ('transformer_blocks.0…') and 'base_model.model.' keys the
+    'transformer.' prefix ComfyUI's key map knows, where that is what makes them map."""
+    out = {}
+    for key, tensor in sd.items():
+        stem = key
+        for prefix in PEFT_PREFIXES:
+            stem = stem[len(prefix):] if stem.startswith(prefix) else stem
+        candidates = (key, "transformer." + stem)
+        out[next((c for c in candidates if module_of(c) in key_map), key)] = tensor
+    return out
+
+
+def metadata_alpha(metadata: dict):
+    """lora_alpha from a diffusers/PEFT safetensors header, if it has one."""
+    fields = dict(metadata)
+    packed = metadata.get("lora_adapter_metadata")
+    if packed:
+        try:
+            fields.update(json.loads(packed))
+        except ValueError:
+            pass
+    for key in ("transformer.lora_alpha", "lora_alpha"):
+        if key in fields:
+            return float(fields[key])
+    return None
+
+
+def describe_target(sd: dict) -> str:
+    """What a LoRA seems to be for, from its key names and input width."""
+    keys = sorted(sd)
+    family = next((label for hint, label in KEY_HINTS if any(hint in k for k in keys)), "an unknown model")
+    downs = [t for k, t in sd.items() if k.endswith(("lora_A.weight", "lora_down.weight")) and t.ndim == 2]
+    width = f", layer width {downs[0].shape[1]}" if downs else ""
+    return f"{family}{width} (keys like '{keys[0]}')" if keys else "nothing (the file holds no tensors)"
+
+
+def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) -> dict:
+    """module path → LowRankAdds for a ModelPatcher, resolved through comfy.lora."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    sd = with_mapped_prefix(comfy.lora_convert.convert_lora(sd), key_map)
+    alpha = metadata_alpha(metadata)
+    modules = {module_of(k) for k in sd}
+    mapped = {m for m in modules if m in key_map}
+    if not mapped:
+        raise ValueError(
+            f"TACALoraLoader: '{name}' has no layer that maps onto this model. It seems to target "
+            f"{describe_target(sd)}; the model is {type(model.model).__name__}. The TACA LoRAs come "
+            f"per base model: use the FLUX.1-dev file with FLUX.1-dev and the SD3.5-Medium file with SD3.5-Medium."
+        )
+    if len(mapped) < len(modules):
+        logging.warning(
+            f"TACALoraLoader: '{name}': {len(mapped)} of {len(modules)} LoRA layers map onto this model; "
+            f"{len(modules) - len(mapped)} do not and are ignored (for example '{sorted(modules - mapped)[0]}')."
+        )
+    if alpha is not None:
+        sd = {**sd, **{f"{m}.alpha": torch.tensor(alpha) for m in mapped if f"{m}.alpha" not in sd}}
+
+    per_module = {}
+    for target, patch in comfy.lora.load_lora(sd, key_map, log_missing=False).items():
+        key, (dim, row_start, rows) = target if isinstance(target, tuple) else (target, (0, 0, None))
+        if not isinstance(patch, comfy.weight_adapter.LoRAAdapter) or any(w is not None for w in patch.weights[3:]) or dim != 0:
+            kind = patch.name if hasattr(patch, "name") else patch[0]
+            raise ValueError(
+                f"TACALoraLoader: '{name}' holds a '{kind}' patch for {key}; this loader applies plain "
+                f"low-rank LoRA layers only (the format of the TACA LoRAs). Load this file with ComfyUI's LoraLoader."
+            )
+        up, down, file_alpha = patch.weights[:3]
+        up, down = up.flatten(1), down.flatten(1)
+        scale = strength * (file_alpha / down.shape[0] if file_alpha is not None else 1.0)
+        per_module.setdefault(key[:-len(".weight")], []).append(LowRankAdd(down, up, scale, row_start))
+    return {path: LowRankAdds(adds) for path, adds in per_module.items()}
+
+
+@dataclass
+class LoRAWindow:
+    """Whether the LoRA is on for the forward pass running now."""
+
+    every_step: bool
+    active: bool = False
+
+
+class LowRankForward:
+    """A Linear layer's forward plus the LoRA's low-rank adds while the window is active."""
+
+    def __init__(self, forward, adds: LowRankAdds, window: LoRAWindow):
+        self.forward, self.adds, self.window = forward, adds, window
+
+    def __call__(self, x, *args, **kwargs):
+        y = self.forward(x, *args, **kwargs)
+        return self.adds.add_to(y, x) if self.window.active else y
+
+
+def switch_window(window: LoRAWindow, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+    """APPLY_MODEL wrapper: turn the LoRA on for this forward if its window covers σ = t."""
+    if window.every_step:
+        active = True
+    elif taca_settings(transformer_options) is None:
+        raise ValueError(
+            "TACALoraLoader is set to be active 'with TACA', but this model has no TACA node, so the "
+            "LoRA would never switch on. Add a TACA node to the model (before or after the loader), "
+            "or set the loader's 'active' input to 'every step'."
+        )
+    else:
+        active = not is_identity(window_gamma(transformer_options, t))
+    window.active = active
+    try:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    finally:
+        window.active = False
+
+
+def apply_taca_lora(model, path: str, strength: float, every_step: bool):
+    """A clone of `model` with the LoRA attached at forward time. The input is not modified."""
+    name = os.path.basename(path)
+    sd, metadata = load_lora_file(path)
+    adds = lowrank_adds(model, sd, metadata, strength, name)
+    patched = model.clone()
+    window = LoRAWindow(every_step)
+    for module_path, module_adds in adds.items():
+        attr = module_path + ".forward"
+        previous = patched.object_patches.get(attr)
+        if previous is None:
+            module = comfy.utils.get_attr(patched.model, module_path)
+            previous = type(module).forward.__get__(module)
+        patched.add_object_patch(attr, LowRankForward(previous, module_adds, window))
+
+    key = f"taca_lora_{uuid.uuid4().hex}"
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, functools.partial(switch_window, window))
+
+    def release(patcher, unpatch_all=True):
+        for module_adds in adds.values():
+            module_adds.release()
+
+    patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, key, release)
+    return patched

@@ -1,0 +1,51 @@
+"""TACALoraLoader: the TACA LoRA, active on the same early steps as TACA."""
+
+import folder_paths
+from comfy_api.latest import io
+
+from .lora import apply_taca_lora
+
+WITH_TACA = "with TACA"
+EVERY_STEP = "every step"
+
+
+class TACALoraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TACALoraLoader",
+            display_name="TACA LoRA Loader",
+            category="model_patches/attention",
+            description=(
+                "Loads the official TACA LoRA (huggingface.co/ldiex/TACA) and keeps it on only while TACA's "
+                "temperature is on, as the authors' pipeline does. The base weights are never changed. "
+                "ComfyUI's ordinary LoraLoader would apply it on every step."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The FLUX.1-dev or SD3.5-Medium model the LoRA was trained for."),
+                io.Combo.Input(
+                    "lora_name", options=folder_paths.get_filename_list("loras"),
+                    tooltip=(
+                        "A TACA LoRA from your models/loras folder: the FLUX.1-dev file for FLUX.1-dev, "
+                        "the SD3.5-Medium file for SD3.5-Medium, rank 16 or 64."
+                    ),
+                ),
+                io.Float.Input(
+                    "strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                    tooltip="How strongly the LoRA corrects TACA's artifacts. 1.0 is the trained strength; 0 turns it off.",
+                ),
+                io.Combo.Input(
+                    "active", options=[WITH_TACA, EVERY_STEP], default=WITH_TACA,
+                    tooltip=(
+                        "'with TACA': on exactly the steps where the TACA node applies its temperature "
+                        "(needs a TACA node on this model, in either order). 'every step': on for the whole run."
+                    ),
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with the LoRA attached; the input model is unchanged.")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name, strength, active) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("loras", lora_name)
+        return io.NodeOutput(apply_taca_lora(model, path, strength, every_step=active == EVERY_STEP))
