@@ -33,9 +33,9 @@ KEY_HINTS = (
     ("double_blocks", "FLUX.1"),
     ("joint_blocks", "SD3 / SD3.5"),
     ("transformer_blocks", "an MM-DiT such as SD3 / SD3.5 (diffusers keys)"),
+    ("lora_unet_down", "an SD1.5 / SDXL UNet (kohya keys)"),
     ("down_blocks", "an SD1.5 / SDXL UNet (diffusers keys)"),
     ("input_blocks", "an SD1.5 / SDXL UNet"),
-    ("lora_unet_down", "an SD1.5 / SDXL UNet (kohya keys)"),
     ("blocks.0.cross_attn", "Wan"),
 )
 
@@ -120,7 +120,10 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
 
     per_module = {}
     for target, patch in comfy.lora.load_lora(sd, key_map, log_missing=False).items():
-        key, (dim, row_start, rows) = target if isinstance(target, tuple) else (target, (0, 0, None))
+        # A target is a weight key, or (key, offset, function) as in ModelPatcher.add_patches: offset
+        # (dim, start, size) is a row slice of a fused layer; function reorders the rows of the delta.
+        key, offset, function = (target + (None, None))[:3] if isinstance(target, tuple) else (target, None, None)
+        dim, row_start = offset[:2] if offset is not None else (0, 0)
         if not isinstance(patch, comfy.weight_adapter.LoRAAdapter) or any(w is not None for w in patch.weights[3:]) or dim != 0:
             kind = patch.name if hasattr(patch, "name") else patch[0]
             raise ValueError(
@@ -129,9 +132,31 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
             )
         up, down, file_alpha = patch.weights[:3]
         up, down = up.flatten(1), down.flatten(1)
+        if function is not None:
+            up = function(up)  # a row permutation of B·A (swap_scale_shift) is the same one of B
         scale = strength * (file_alpha / down.shape[0] if file_alpha is not None else 1.0)
         per_module.setdefault(key[:-len(".weight")], []).append(LowRankAdd(down, up, scale, row_start))
+    misfits = [
+        (path, tuple(a.down.shape[1] for a in adds), comfy.utils.get_attr(model.model, path + ".weight").shape)
+        for path, adds in per_module.items()
+        if not fits(comfy.utils.get_attr(model.model, path + ".weight"), adds)
+    ]
+    if misfits:
+        path, lora_in, weight_shape = misfits[0]
+        raise ValueError(
+            f"TACALoraLoader: '{name}' does not fit this model: {len(misfits)} of its {len(per_module)} layers "
+            f"have other sizes (for example {path}: LoRA input width {lora_in[0]}, model layer {tuple(weight_shape)}). "
+            f"It seems to target {describe_target(sd)}; the model is {type(model.model).__name__}. Use the TACA "
+            f"LoRA trained for this base model (FLUX.1-dev or SD3.5-Medium)."
+        )
     return {path: LowRankAdds(adds) for path, adds in per_module.items()}
+
+
+def fits(weight: torch.Tensor, adds) -> bool:
+    """Whether low-rank adds fit a Linear weight (out_features × in_features)."""
+    return weight.ndim == 2 and all(
+        a.down.shape[1] == weight.shape[1] and a.row_start + a.up.shape[0] <= weight.shape[0] for a in adds
+    )
 
 
 @dataclass
