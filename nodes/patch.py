@@ -80,7 +80,9 @@ class TACAOverride:
             return attend(*args, **kwargs)
         q, k, v = args[:3]
         token_dim = 2 if kwargs.get("skip_reshape", False) else 1
-        if not step.layout.is_joint(q.shape[token_dim]):
+        # A joint call attends the whole sequence to itself. Shorter queries are rows TACA
+        # already split off (an override between two TACA nodes hands them on), not text.
+        if q.shape[token_dim] != k.shape[token_dim] or not step.layout.is_joint(q.shape[token_dim]):
             return attend(*args, **kwargs)
         step.joint_calls += 1
 

@@ -1,0 +1,87 @@
+"""Integration tests: the TACA node inside a real ComfyUI, in-process, on the CPU.
+
+ComfyUI is found through the COMFYUI_PATH environment variable, or as the grandparent
+folder when this pack sits in ComfyUI/custom_nodes/. Without it every test in this
+folder is skipped. The pack is loaded the way ComfyUI loads a custom node, and the
+tests use the TACA node from ComfyUI's NODE_CLASS_MAPPINGS, never the pack's modules.
+"""
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PACK = Path(__file__).absolute().parents[2]  # not resolved: a symlinked pack sits where ComfyUI sees it
+
+
+def is_comfyui(path: Path) -> bool:
+    return (path / "nodes.py").is_file() and (path / "comfy" / "model_management.py").is_file()
+
+
+def find_comfyui():
+    """The ComfyUI folder, None when there is none, or an error for a COMFYUI_PATH that is not one."""
+    configured = os.environ.get("COMFYUI_PATH")
+    if configured:
+        if not is_comfyui(Path(configured)):
+            raise pytest.UsageError(f"COMFYUI_PATH={configured} is not a ComfyUI folder (no nodes.py, comfy/).")
+        return Path(configured).resolve()
+    if PACK.parent.name == "custom_nodes" and is_comfyui(PACK.parent.parent):
+        return PACK.parent.parent
+    return None
+
+
+def import_comfyui(path: Path):
+    """Import ComfyUI in-process on the CPU and load this pack into it as a custom node."""
+    sys.path.insert(0, str(path))
+    from comfy.cli_args import args
+
+    args.cpu = True  # read when comfy.model_management is first imported
+    import utils.extra_config  # noqa: F401  before nodes.py, which puts comfy/ first on sys.path
+    import nodes
+
+    if not asyncio.run(nodes.load_custom_node(str(PACK))):
+        raise RuntimeError(f"ComfyUI could not load the pack at {PACK}; its log says why.")
+
+
+COMFYUI = find_comfyui()
+if COMFYUI is not None:
+    import_comfyui(COMFYUI)
+    # The tiny models run fastest on one thread, and torch's worker threads slow to a crawl
+    # (ten times and more) when other processes hold the cores.
+    torch.set_num_threads(1)
+
+
+class WithoutComfyUI(pytest.Module):
+    """A test module reported as skipped, never imported: its imports need ComfyUI."""
+
+    def collect(self):
+        pytest.skip("ComfyUI not found: set COMFYUI_PATH to a ComfyUI folder, or place this pack in ComfyUI/custom_nodes/.")
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    # A module-level skip in this file would not do: pytest cannot skip a conftest it loads
+    # at start-up, which it does when the tests are named by a path inside this folder.
+    if COMFYUI is None:
+        return WithoutComfyUI.from_parent(parent, path=module_path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def taca_node():
+    """The TACA node class, as ComfyUI registered it."""
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS["TACA"]
+
+
+@pytest.fixture(scope="session")
+def taca(taca_node):
+    """Run the registered TACA node: taca(model, gamma, threshold) -> its MODEL output."""
+
+    def run(model, gamma, threshold):
+        return taca_node.execute(model=model, gamma=gamma, threshold=threshold).result[0]
+
+    return run

@@ -1,0 +1,199 @@
+"""Sampling with the TACA node equals sampling with TACA written out from its definition.
+
+The reference below is an attention override that knows nothing of the pack: it
+materializes the joint logits Q Kᵀ/√d, multiplies the image-query × text-key block by
+γ(t) (γ₀ while 1000·σ ≥ threshold, else 1), takes the softmax and multiplies by V. It
+knows the text lengths and the visual token count from the test's own inputs, and leaves
+every other attention call (SD3.5-Medium's image-only attn2) to ComfyUI.
+"""
+
+import math
+
+import pytest
+import torch
+
+import comfy.ldm.modules.attention
+
+from tiny_models import (
+    MODELS, conditioning, empty_latent, image_tokens, sample, sigmas, with_attention_override,
+)
+
+STEPS = 4
+GAMMA = 1.3
+TOLERANCE = 1e-4
+
+
+class ReferenceTACA:
+    """TACA attention with the logits materialized (Lv et al., ICCV 2025, arXiv 2506.07986).
+
+    A call is joint when its length is a known text length plus the visual tokens (image,
+    and Kontext reference images); the first n_text tokens are text.
+    """
+
+    def __init__(self, gamma, threshold, text_lengths, n_visual):
+        self.gamma, self.threshold = gamma, threshold
+        self.text_lengths, self.n_visual = set(text_lengths), n_visual
+
+    def __call__(self, func, *args, **kwargs):
+        q, k, v = args[:3]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        # FLUX passes (B, heads, L, d). SD3 passes q and k as (B, L, heads·d), v as (B, L, heads, d).
+        bhld = kwargs.get("skip_reshape", False)
+        n_text = q.shape[2 if bhld else 1] - self.n_visual
+        if n_text not in self.text_lengths:
+            return func(*args, **kwargs)
+        assert kwargs.get("mask") is None and not kwargs.get("skip_output_reshape", False)
+
+        sigma = float(kwargs["transformer_options"]["sigmas"][0])
+        gamma = self.gamma if 1000 * sigma >= self.threshold else 1.0
+        if not bhld:
+            q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.double() for t in (q, k, v))
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        logits[..., n_text:, :n_text] *= gamma
+        out = logits.softmax(-1) @ v
+        return out.transpose(1, 2).flatten(2).to(args[0].dtype)  # (B, L, heads·d), as ComfyUI returns it
+
+
+def threshold_after_step(model, n, steps=STEPS):
+    """A threshold whose window is the first n steps: 1000·σ halfway between step n and n + 1."""
+    s = sigmas(model, steps)
+    return 500 * float(s[n - 1] + s[n])
+
+
+def scaled(override, factor):
+    """An override that scales whatever `override` returns, standing in for another node's patch."""
+    def scaled_override(func, *args, **kwargs):
+        return override(func, *args, **kwargs) * factor
+    return scaled_override
+
+
+def plain(func, *args, **kwargs):
+    return func(*args, **kwargs)
+
+
+def chaining_node(model, factor):
+    """Another node applied after TACA: it wraps the override it finds, as chaining patch nodes do."""
+    previous = model.model_options["transformer_options"].get("optimized_attention_override", plain)
+    return with_attention_override(model, scaled(previous, factor))
+
+
+def assert_matches(out, ref, baseline):
+    assert out.shape == ref.shape
+    error = (out - ref).abs().max().item()
+    effect = (out - baseline).abs().max().item()
+    assert error <= TOLERANCE, f"TACA differs from the reference by {error}"
+    assert effect > 100 * TOLERANCE, f"TACA changed the output by only {effect}: the test would prove nothing"
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_matches_reference_with_cfg(family, taca):
+    model = MODELS[family](seed=1)
+    latent = empty_latent(8, 8)
+    positive, negative = conditioning(model, 77, seed=2), conditioning(model, 77, seed=3)
+    threshold = threshold_after_step(model, 2)
+    reference = ReferenceTACA(GAMMA, threshold, {77}, image_tokens(model, latent))
+
+    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
+    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+
+
+@pytest.mark.parametrize("family", MODELS)
+@pytest.mark.parametrize("height,width,text_lengths", [(13, 7, (77, 154)), (9, 16, (5, 33))])
+def test_matches_reference_at_odd_sizes_and_unequal_prompt_lengths(family, height, width, text_lengths, taca):
+    # Unequal cond and uncond lengths cannot be batched, so each step runs two forwards
+    # with different text lengths; odd latents are padded to whole patches.
+    model = MODELS[family](seed=4)
+    latent = empty_latent(height, width)
+    n_pos, n_neg = text_lengths
+    positive, negative = conditioning(model, n_pos, seed=5), conditioning(model, n_neg, seed=6)
+    threshold = threshold_after_step(model, 1)
+    reference = ReferenceTACA(GAMMA, threshold, text_lengths, image_tokens(model, latent))
+
+    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
+    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+
+
+def test_flux_kontext_reference_image_tokens_count_as_visual(taca):
+    # Kontext appends the reference image's tokens after the image tokens: TACA treats
+    # them as visual queries too.
+    model = MODELS["flux"](seed=19)
+    latent, reference_image = empty_latent(8, 8), torch.randn(1, 16, 6, 10, generator=torch.Generator().manual_seed(20))
+    positive, negative = conditioning(model, 24, seed=21), conditioning(model, 24, seed=22)
+    for cond in (positive, negative):
+        cond[0][1]["reference_latents"] = [reference_image]
+    n_visual = image_tokens(model, latent) + image_tokens(model, reference_image)
+    threshold = threshold_after_step(model, 2)
+    reference = ReferenceTACA(GAMMA, threshold, {24}, n_visual)
+
+    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
+    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
+def test_chains_an_override_installed_before_it(family, taca):
+    # Another node patched attention first (here: scales every attention output). TACA
+    # must call through it, so the result is the reference with that node's effect.
+    model = MODELS[family](seed=7)
+    latent = empty_latent(8, 6)
+    positive, negative = conditioning(model, 20, seed=8), conditioning(model, 20, seed=9)
+    threshold = threshold_after_step(model, 2)
+    reference = ReferenceTACA(GAMMA, threshold, {20}, image_tokens(model, latent))
+    other_node = with_attention_override(model, scaled(plain, 0.8))
+
+    out = sample(taca(other_node, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, scaled(reference, 0.8)), positive, negative, latent, steps=STEPS)
+    other_only = sample(other_node, positive, negative, latent, steps=STEPS)
+    taca_only = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+
+    assert_matches(out, ref, other_only)  # TACA took effect on top of the other node
+    assert_matches(out, ref, taca_only)  # and the other node's patch still ran
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "sub_quad", "split"])
+@pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
+def test_matches_reference_on_each_attention_backend(family, backend, taca):
+    # An attention-selection node in front picks ComfyUI's backend; TACA runs through it.
+    attention = comfy.ldm.modules.attention.get_attention_function(backend)
+    model = with_attention_override(MODELS[family](seed=16), lambda func, *args, **kwargs: attention(*args, **kwargs))
+    latent = empty_latent(6, 10)
+    positive, negative = conditioning(model, 24, seed=17), conditioning(model, 24, seed=18)
+    threshold = threshold_after_step(model, 2)
+    reference = ReferenceTACA(GAMMA, threshold, {24}, image_tokens(model, latent))
+
+    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
+    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+
+
+def test_second_taca_node_replaces_the_first_settings(taca):
+    model = MODELS["sd3"](seed=10)
+    latent = empty_latent(8, 8)
+    positive, negative = conditioning(model, 77, seed=11), conditioning(model, 77, seed=12)
+    first, second = (1.8, threshold_after_step(model, 3)), (GAMMA, threshold_after_step(model, 1))
+
+    twice = sample(taca(taca(model, *first), *second), positive, negative, latent, steps=STEPS)
+    once = sample(taca(model, *second), positive, negative, latent, steps=STEPS)
+    first_only = sample(taca(model, *first), positive, negative, latent, steps=STEPS)
+    assert torch.equal(twice, once)
+    assert not torch.allclose(twice, first_only, atol=100 * TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_second_taca_node_after_a_chaining_node_still_applies_once(family, taca):
+    # TACA, then a node that chains the override, then TACA again: the later settings win,
+    # and the rows the outer TACA split off must reach the inner one's override untouched.
+    model = MODELS[family](seed=13)
+    latent = empty_latent(12, 12)
+    assert image_tokens(model, latent) > 20  # more image than text tokens
+    positive, negative = conditioning(model, 20, seed=14), conditioning(model, 20, seed=15)
+    threshold = threshold_after_step(model, 2)
+    reference = ReferenceTACA(GAMMA, threshold, {20}, image_tokens(model, latent))
+
+    stacked = taca(chaining_node(taca(model, 1.8, threshold_after_step(model, 1)), 0.8), GAMMA, threshold)
+    out = sample(stacked, positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, scaled(reference, 0.8)), positive, negative, latent, steps=STEPS)
+    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
