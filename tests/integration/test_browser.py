@@ -1,0 +1,190 @@
+"""The shipped workflows in a real browser: headless Chromium on the frontend a real ComfyUI serves.
+
+Each workflow is fetched from the route ComfyUI's template browser reads it from and loaded
+the way the template browser loads it (app.loadGraphData). Then: no missing-node dialog, no
+link-repair or validation message, the graph as saved, the frontend's own API conversion
+equal to ours, a screenshot (test-artifacts/browser/). Queued from the UI's Run button, it
+produces its image. Before queueing, the test swaps T5-XXL for CLIP-L in the live graph and
+shrinks the run to 64×64 and two steps (see model_files.py); the screenshot shows the
+workflow as shipped.
+
+TACA_UPDATE_SCREENSHOTS=1 also writes the screenshots as the workflows' thumbnails
+(workflows/<name>.jpg) and the README's docs/side_by_side.png.
+"""
+
+import io
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import model_files
+from comfy_server import ARTIFACTS, PACK, PACK_FOLDER, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
+from workflow_api import FRONTEND_ONLY, to_api_prompt
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium: install Debian's chromium (apt-get install chromium) or set CHROMIUM", allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="no Playwright: pip install playwright (it drives the system Chromium, no browser download)"
+)
+
+UPDATE_SCREENSHOTS = os.environ.get("TACA_UPDATE_SCREENSHOTS") == "1"
+SCREENSHOTS = ARTIFACTS / "browser"
+VIEWPORT = {"width": 1600, "height": 1000}
+CANVAS = (64, 80, 1600, 1000)  # the graph, right of the side bar and below the tab and menu bars
+
+LOAD_TEMPLATE_JS = """
+async ([url, name]) => {
+  const workflow = await (await fetch(url)).json();
+  await window.app.loadGraphData(workflow, true, true, name);  // as the template browser does
+}
+"""
+VISIBLE_MESSAGES_JS = """
+() => ({
+  dialogs: [...document.querySelectorAll('.p-dialog')].filter(d => d.offsetParent !== null).map(d => d.innerText),
+  toasts: [...document.querySelectorAll('.p-toast-message')].map(t => t.innerText),
+})
+"""
+GRAPH_STATE_JS = """
+async () => {
+  const app = window.app;
+  const graph = app.graph.serialize();
+  return {
+    unregistered: app.graph.nodes.filter(n => !(n.type in LiteGraph.registered_node_types)).map(n => n.type),
+    with_errors: app.graph.nodes.filter(n => n.has_errors).map(n => n.id),
+    widgets: Object.fromEntries(graph.nodes.map(n => [n.id, n.widgets_values ?? []])),
+    links: graph.links.map(l => [l.id ?? l[0], l.origin_id ?? l[1], l.origin_slot ?? l[2], l.target_id ?? l[3], l.target_slot ?? l[4]]),
+    output: (await app.graphToPrompt()).output,
+  };
+}
+"""
+# The test's substitutions, made in the live graph as a user would: CLIP-L alone where T5-XXL
+# is loaded, and a 64×64, two-step run.
+PREPARE_TEST_RUN_JS = """
+([loaders, substitute, size, steps]) => {
+  const graph = window.app.graph;
+  for (const old of graph.nodes.filter(n => loaders.includes(n.type))) {
+    const node = LiteGraph.createNode(substitute[0]);
+    node.pos = [...old.pos];
+    graph.add(node);
+    node.widgets.forEach((w, i) => { w.value = substitute[1][i]; });
+    for (const linkId of [...(old.outputs[0].links ?? [])]) {
+      const link = graph.links.get ? graph.links.get(linkId) : graph.links[linkId];
+      node.connect(0, graph.getNodeById(link.target_id), link.target_slot);
+    }
+    graph.remove(old);
+  }
+  for (const node of graph.nodes) {
+    for (const w of node.widgets ?? []) {
+      if ((w.name === 'width' || w.name === 'height') && node.type.includes('Latent')) w.value = size;
+      if (w.name === 'steps') w.value = steps;
+    }
+  }
+  graph.setDirtyCanvas(true, true);
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def server():
+    with shared_server() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    console = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport=VIEWPORT)
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.goto(server.url)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.console = console
+        yield page
+        browser.close()
+
+
+def history_ids(server) -> set:
+    return set(server.client.get("/history"))
+
+
+def wait_for_new_run(server, before: set, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for prompt_id in history_ids(server) - before:
+            entry = server.client.history(prompt_id)
+            if entry and entry["status"].get("completed") is not None:
+                return entry
+        time.sleep(0.5)
+    raise AssertionError(f"the run queued from the UI did not finish within {timeout:.0f} s")
+
+
+def save_screenshot(page, name: str) -> bytes:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    png = page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    if UPDATE_SCREENSHOTS:
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        thumbnail = image.crop(CANVAS)
+        thumbnail.resize((thumbnail.width // 2, thumbnail.height // 2), Image.LANCZOS).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
+        if name == SIDE_BY_SIDE:  # the README's picture
+            (PACK / "docs").mkdir(exist_ok=True)
+            image.save(PACK / "docs" / "side_by_side.png", optimize=True)
+    return png
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_loads_without_dialogs_and_runs_from_the_ui(page, server, name):
+    workflow = load_workflow(name)
+    assert name in server.client.get("/workflow_templates")[PACK_FOLDER]
+    template_url = f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{name}.json"
+    page.evaluate(LOAD_TEMPLATE_JS, [template_url, name])
+    page.wait_for_timeout(1500)
+
+    messages = page.evaluate(VISIBLE_MESSAGES_JS)
+    context = f"dialogs: {messages['dialogs']}\ntoasts: {messages['toasts']}\nconsole: {page.console[-20:]}"
+    assert not any("Missing" in d and "Node" in d for d in messages["dialogs"]), context
+    assert not any(word in t for t in messages["toasts"] for word in ("Link", "link", "Validation", "rror")), context
+    # The only dialog: the files this test server lacks on purpose, offered for download.
+    not_built = sorted({m["name"] for node in workflow["nodes"] for m in node["properties"].get("models", [])} & set(model_files.NOT_BUILT))
+    missing_models = [d for d in messages["dialogs"] if "Missing Models" in d]
+    assert len(messages["dialogs"]) == len(missing_models) == (1 if not_built else 0), context
+    for file in not_built:
+        assert file in missing_models[0], context
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(500)
+    assert not page.evaluate(VISIBLE_MESSAGES_JS)["dialogs"]
+
+    state = page.evaluate(GRAPH_STATE_JS)
+    assert state["unregistered"] == [] and state["with_errors"] == [], state
+    assert sorted(state["links"]) == sorted(link[:5] for link in workflow["links"])
+    for node in workflow["nodes"]:  # loading kept every value, even a file this server lacks
+        assert state["widgets"][str(node["id"])] == node.get("widgets_values", []), node["id"]
+    ours = to_api_prompt(workflow, server.object_info)
+    theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in state["output"].items()}
+    assert theirs == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in ours.items()}
+    assert len(ours) == len([n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY])
+
+    save_screenshot(page, name)
+    if (WORKFLOWS / f"{name}.jpg").is_file():
+        thumbnail = server.client.get_bytes(f"/api/workflow_templates/{PACK_FOLDER}/{name}.jpg")
+        assert Image.open(io.BytesIO(thumbnail)).format == "JPEG"
+
+    page.evaluate(PREPARE_TEST_RUN_JS, [list(model_files.SUBSTITUTED_LOADERS), list(model_files.SUBSTITUTE), TEST_SIZE, TEST_STEPS])
+    before = history_ids(server)
+    page.locator('[data-testid="queue-button"] button').first.click()
+    entry = wait_for_new_run(server, before)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    saved = [node_id for node_id, node in entry["prompt"][2].items() if node["class_type"] == "SaveImage"]
+    (image,) = [np.asarray(Image.open(io.BytesIO(png))) for png in server.files(entry, saved[0])]
+    assert image.shape[0] == TEST_SIZE and image.shape[1] >= TEST_SIZE
+    # The frontend received the output and shows it in the Save Image node.
+    page.wait_for_function("window.app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs && n.imgs.length > 0)", timeout=30_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}-after-run.png"))

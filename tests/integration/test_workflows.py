@@ -1,0 +1,302 @@
+"""The shipped workflows (workflows/*.json) against a real ComfyUI server with this pack loaded.
+
+Static: each file is a UI-format workflow whose node types, links, widget values and metadata
+agree with the server's /object_info. Execution: each one, converted to the API format, runs
+through the server's HTTP API with tiny model files (model_files.py) at 64×64 and two steps;
+the files themselves keep the paper's 1024² and 30 steps. T5-XXL is swapped for CLIP-L, see
+model_files.SUBSTITUTED_LOADERS. The headless runner, tools/taca_compare.py, runs too.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import model_files
+from comfy_server import COMFYUI, PACK, PACK_FOLDER, SERVER_ARGS, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
+from comfy_http import ComfyClient
+from workflow_api import CONTROL_AFTER_GENERATE, FRONTEND_ONLY, combo_options, input_spec, to_api_prompt, widget_values
+
+PYPROJECT = tomllib.loads((PACK / "pyproject.toml").read_text())["project"]
+CORE_MODULES = ("nodes", "comfy_extras", "comfy_api_nodes")
+TACA_NODES = ("TACA", "TACALoraLoader")
+# Where each loader's files go, as ComfyUI's model folders name them.
+MODEL_FOLDERS = {
+    "UNETLoader": "diffusion_models", "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders",
+    "CLIPLoader": "text_encoders", "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints", "TACALoraLoader": "loras",
+}
+TACA_LORA_PAGE = "huggingface.co/ldiex/TACA"
+
+
+@pytest.fixture(scope="session")
+def server():
+    with shared_server() as s:
+        yield s
+
+
+def by_title(prompt: dict, title: str) -> str:
+    (node_id,) = [i for i, node in prompt.items() if node["_meta"]["title"] == title]
+    return node_id
+
+
+def of_type(prompt: dict, class_type: str) -> list:
+    return [i for i, node in prompt.items() if node["class_type"] == class_type]
+
+
+def model_file_inputs(node: dict, values: dict) -> dict:
+    return {k: v for k, v in values.items() if isinstance(v, str) and v.endswith(".safetensors")} if node["type"] in MODEL_FOLDERS else {}
+
+
+# --- the files ------------------------------------------------------------------------
+
+def test_the_four_workflows_ship_with_thumbnails():
+    assert SHIPPED == sorted(["taca_flux_dev", SIDE_BY_SIDE, "taca_sd35_medium", "taca_sd35_large"])
+    for name in SHIPPED:
+        # ComfyUI's template browser shows <name>.jpg for a custom node pack's template <name>.json.
+        thumbnail = WORKFLOWS / f"{name}.jpg"
+        assert thumbnail.is_file(), f"{thumbnail} is missing: run the browser test with TACA_UPDATE_SCREENSHOTS=1"
+        assert Image.open(thumbnail).format == "JPEG"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_ui_format(name):
+    workflow = load_workflow(name)
+    assert isinstance(workflow["version"], (int, float)) and {"nodes", "links", "last_node_id", "last_link_id"} <= set(workflow)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert len(nodes) == len(workflow["nodes"]) and max(nodes) <= workflow["last_node_id"]
+    links = {link[0]: link for link in workflow["links"]}
+    assert len(links) == len(workflow["links"]) and max(links) <= workflow["last_link_id"]
+    for node in workflow["nodes"]:
+        assert {"id", "type", "pos", "size", "mode", "properties"} <= set(node), node["id"]
+        assert isinstance(node.get("widgets_values", []), list), node["id"]  # the frontend omits it without widgets
+    for link_id, origin, slot, target, target_slot, type_ in workflow["links"]:
+        # Both ends of every link know it, at the slot the link names.
+        assert link_id in nodes[origin]["outputs"][slot]["links"]
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+        assert nodes[origin]["outputs"][slot]["type"] == nodes[target]["inputs"][target_slot]["type"] == type_
+    for node in workflow["nodes"]:
+        for slot in node.get("inputs", []):
+            assert slot.get("link") is None or slot["link"] in links, f"node {node['id']} input {slot['name']}: dangling link"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_node_type_exists_in_comfyui(server, name):
+    missing = {node["type"] for node in load_workflow(name)["nodes"]} - set(server.object_info) - set(FRONTEND_ONLY)
+    assert not missing, f"not in /object_info of ComfyUI {server.comfyui_version} with the pack loaded: {missing}"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_links_connect_matching_types(server, name):
+    workflow = load_workflow(name)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for link_id, origin, slot, target, target_slot, type_ in workflow["links"]:
+        produced = server.object_info[nodes[origin]["type"]]["output"][slot]
+        target_def = server.object_info[nodes[target]["type"]]
+        expected, _ = input_spec(target_def, nodes[target]["inputs"][target_slot]["name"])
+        assert produced == expected == type_, f"link {link_id}: {nodes[origin]['type']} gives {produced}, {nodes[target]['type']} takes {expected}"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_widget_values_are_in_range_and_in_order(server, name):
+    for node in load_workflow(name)["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        node_def = server.object_info[node["type"]]
+        values = widget_values(node, node_def)  # raises when the count does not fit the node's widgets
+        files = model_file_inputs(node, values)
+        for key, value in values.items():
+            where = f"{name}: node {node['id']} ({node['type']}) {key} = {value!r}"
+            if key.endswith(".control_after_generate"):
+                assert value in CONTROL_AFTER_GENERATE, where
+                continue
+            type_, options = input_spec(node_def, key)
+            if type_ in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+                assert type_ == "FLOAT" or float(value).is_integer(), where
+                assert options.get("min", -np.inf) <= value <= options.get("max", np.inf), where
+            elif type_ == "BOOLEAN":
+                assert isinstance(value, bool), where
+            elif type_ == "STRING":
+                assert isinstance(value, str), where
+            elif key in files and value in model_files.NOT_BUILT:
+                continue  # a file the test server lacks on purpose; its download entry is checked below
+            else:
+                assert value in combo_options(type_, options), where
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_node_carries_its_pack_and_version(server, name):
+    for node in load_workflow(name)["nodes"]:
+        properties = node["properties"]
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        module = server.object_info[node["type"]]["python_module"]
+        if module.split(".")[0] in CORE_MODULES:
+            expected = ("comfy-core", server.comfyui_version)
+        else:
+            assert module == f"custom_nodes.{PACK_FOLDER}", f"{node['type']} comes from {module}"
+            expected = (PYPROJECT["name"], PYPROJECT["version"])
+        assert (properties.get("cnr_id"), properties.get("ver")) == expected, (
+            f"{name}: node {node['id']} ({node['type']}): re-save it with ComfyUI {server.comfyui_version}"
+        )
+        assert properties.get("Node name for S&R", node["type"]) == node["type"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_model_loaders_offer_their_downloads(server, name):
+    for node in load_workflow(name)["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        files = model_file_inputs(node, widget_values(node, server.object_info[node["type"]]))
+        if not files:
+            continue
+        models = node["properties"].get("models")
+        if node["type"] == "TACALoraLoader":
+            # The LoRA repository's file names are not verified, so no download is offered for them.
+            assert models is None, f"{name}: the TACA LoRA loader must not offer a download"
+            continue
+        assert sorted(m["name"] for m in models) == sorted(files.values()), f"{name}: node {node['id']} ({node['type']})"
+        for m in models:
+            assert m["directory"] == MODEL_FOLDERS[node["type"]], m
+            assert re.fullmatch(r"https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/main/(\S+/)?" + re.escape(m["name"]), m["url"]), m
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_paper_defaults(server, name):
+    prompt = to_api_prompt(load_workflow(name), server.object_info)
+    classes = {node["class_type"] for node in prompt.values()}
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "TACA":
+            assert (inputs["gamma"], inputs["threshold"]) == (1.2, 970)
+        if node["class_type"] == "TACALoraLoader":
+            assert (inputs["strength"], inputs["active"]) == (1.0, "with TACA")
+        if "steps" in inputs:
+            assert inputs["steps"] == 30
+        if node["class_type"] == "EmptySD3LatentImage":
+            assert (inputs["width"], inputs["height"]) == (1024, 1024)
+    assert "TACA" in classes
+    assert ("TACALoraLoader" in classes) == (name != "taca_sd35_large")  # no TACA LoRA exists for SD3.5-Large
+    if "flux" in name:
+        assert {"UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance"} <= classes
+        (te,) = [node["inputs"] for node in prompt.values() if node["class_type"] == "DualCLIPLoader"]
+        assert sorted([te["clip_name1"], te["clip_name2"]]) == ["clip_l.safetensors", "t5xxl_fp16.safetensors"] and te["type"] == "flux"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_note_explains_gamma_threshold_and_what_to_try(name):
+    workflow = load_workflow(name)
+    (text,) = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "Note"]
+    for phrase in ("gamma", "1.2", "threshold", "970", "Try"):
+        assert phrase in text, phrase
+    if any(node["type"] == "TACALoraLoader" for node in workflow["nodes"]):
+        assert TACA_LORA_PAGE in text and "rank 16 or 64" in text
+
+
+# --- execution ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n != SIDE_BY_SIDE])
+def test_workflow_runs_and_its_taca_nodes_change_the_image(server, name):
+    workflow = load_workflow(name)
+    prompt = server.small_run(workflow)
+    (save,) = of_type(prompt, "SaveImage")
+    image = server.image(server.run(prompt), save)
+    assert image.shape == (TEST_SIZE, TEST_SIZE, 3)
+
+    bypassed = server.small_run(workflow, bypass=TACA_NODES)
+    assert not of_type(bypassed, "TACA")
+    baseline = server.image(server.run(bypassed), save)
+    assert np.abs(image.astype(int) - baseline).max() > 0, "the TACA nodes are not on the sampled path"
+
+
+def side_by_side_run(server, bypass=()):
+    """The side-by-side workflow's stitched image and, through added SaveLatent nodes, each branch's latent."""
+    prompt = server.small_run(load_workflow(SIDE_BY_SIDE), bypass=bypass)
+    samplers = {branch: by_title(prompt, f"Sampler: {branch}") for branch in ("baseline", "TACA")}
+    for branch, sampler in samplers.items():
+        prompt[f"latent_{branch}"] = {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": [sampler, 0], "filename_prefix": f"tests/{branch}"},
+            "_meta": {"title": f"Save latent: {branch}"},
+        }
+    entry = server.run(prompt)
+    (save,) = of_type(prompt, "SaveImage")
+    return server.image(entry, save), server.latent(entry, "latent_baseline"), server.latent(entry, "latent_TACA")
+
+
+def test_side_by_side_baseline_equals_an_unpatched_run_and_taca_differs(server):
+    stitched, baseline, taca = side_by_side_run(server)
+    server.forget_results()  # or ComfyUI would hand back its cached baseline branch
+    unpatched_stitched, unpatched, unpatched_right = side_by_side_run(server, bypass=TACA_NODES)
+
+    assert torch.equal(baseline, unpatched), "the baseline branch is not the unpatched model's result"
+    assert torch.equal(unpatched_right, unpatched)  # with TACA bypassed, both branches are the baseline
+    assert (taca - baseline).abs().max() > 1e-3, "the TACA branch equals the baseline"
+
+    (stitch,) = [node for node in load_workflow(SIDE_BY_SIDE)["nodes"] if node["type"] == "ImageStitch"]
+    gap = stitch["widgets_values"][2]  # direction, match_image_size, spacing_width, spacing_color
+    assert stitched.shape == (TEST_SIZE, 2 * TEST_SIZE + gap, 3)
+    left, right = stitched[:, :TEST_SIZE], stitched[:, TEST_SIZE + gap:]
+    assert np.array_equal(left, unpatched_stitched[:, :TEST_SIZE]), "baseline | TACA: the left image is not the baseline"
+    assert np.abs(right.astype(int) - left).max() > 0, "baseline | TACA: the two images are the same"
+
+
+# --- the headless runner ------------------------------------------------------------------
+
+def test_client_follows_a_run_across_quiet_periods(server):
+    """ComfyUI sends nothing while it loads or computes; the client's socket times out and reads on."""
+    prompt = server.small_run(load_workflow("taca_sd35_large"))
+    for node in prompt.values():
+        if "seed" in node["inputs"]:
+            node["inputs"]["seed"] = 99  # not run before, so not cached
+    events = []
+    entry = ComfyClient(server.url).run(prompt, on_event=lambda kind, data: events.append(kind), quiet=0.005)
+    assert entry["status"]["status_str"] == "success" and "progress" in events, events
+
+
+def run_taca_compare(*args, timeout=600):
+    command = [sys.executable, str(PACK / "tools" / "taca_compare.py"), *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_taca_compare_on_a_running_server(server, tmp_path):
+    variant = tmp_path / "side_by_side.json"
+    variant.write_text(json.dumps(model_files.substitute_text_encoders(load_workflow(SIDE_BY_SIDE))))
+    out, text, seed = tmp_path / "compare.png", "a green triangle inside a yellow circle", 1234
+    done = run_taca_compare("--server", server.url, "--workflow", variant, "--prompt", text, "--seed", seed,
+                            "--steps", TEST_STEPS, "--width", TEST_SIZE, "--height", TEST_SIZE, "--out", out)
+    log = done.stderr
+
+    for branch in ("baseline", "TACA"):
+        assert f"Sampler: {branch}: step {TEST_STEPS}/{TEST_STEPS}" in log, log
+    assert "image 2/2 done" in log, log
+    assert done.stdout.strip() == f"wrote {out}"
+    assert Image.open(out).size[1] == TEST_SIZE and Image.open(out).size[0] > 2 * TEST_SIZE
+    # The server ran the prompt and seed given on the command line.
+    (ran,) = [entry["prompt"][2] for entry in server.client.get("/history").values()
+              if any(node["inputs"].get("text") == text for node in entry["prompt"][2].values())]
+    assert [node["inputs"]["noise_seed"] for node in ran.values() if node["class_type"] == "RandomNoise"] == [seed]
+
+
+def test_taca_compare_starts_comfyui_and_stops_it_by_pid(server, tmp_path):
+    out = tmp_path / "large.png"
+    comfyui_args = " ".join([*SERVER_ARGS, "--base-directory", str(server.base)])
+    log = run_taca_compare("--comfyui", COMFYUI, "--comfyui-args", comfyui_args, "--workflow", WORKFLOWS / "taca_sd35_large.json",
+                           "--prompt", "two red apples left of a blue vase", "--seed", 5,
+                           "--steps", TEST_STEPS, "--width", TEST_SIZE, "--height", TEST_SIZE, "--out", out).stderr
+
+    started = re.search(r"started ComfyUI \(pid (\d+)\)", log)
+    assert started and f"stopped ComfyUI (pid {started[1]})" in log, log
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started[1]), 0)
+    assert Image.open(io.BytesIO(out.read_bytes())).size == (TEST_SIZE, TEST_SIZE)
