@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from taca.attention import query_rows, taca_attention  # noqa: E402
+from taca.attention import query_rows, taca_attention, text_keys_scaled  # noqa: E402
 
 GAMMA = 1.2  # the paper's γ₀
 MB = 2**20
@@ -161,21 +161,10 @@ def taca_attention_one_copy(attend_heads_first, q, k, v, n_text, gamma, token_di
     seq_len = q.shape[token_dim]
     n_visual = seq_len - n_text
     out_text = attend_heads_first(q.narrow(token_dim, 0, n_text), k, v, query_rows(mask, 0, n_text, seq_len))
-    if torch.is_tensor(gamma):
-        gamma = gamma.to(k.dtype).view(-1, *([1] * (k.ndim - 1)))
-    autograd = k.requires_grad and torch.is_grad_enabled()
-    if autograd:
-        k = k.clone()
-    k_text = k.narrow(token_dim, 0, n_text)
-    saved = None if autograd else k_text.clone()
-    k_text.mul_(gamma)
-    try:
+    with text_keys_scaled(k, n_text, gamma, token_dim) as k_scaled:
         out_visual = attend_heads_first(
-            q.narrow(token_dim, n_text, n_visual), k, v, query_rows(mask, n_text, n_visual, seq_len)
+            q.narrow(token_dim, n_text, n_visual), k_scaled, v, query_rows(mask, n_text, n_visual, seq_len)
         )
-    finally:
-        if saved is not None:
-            k_text.copy_(saved)
     if out_text.ndim == 3:  # the host gave (B, Lq, heads·d) after all
         return torch.cat((out_text, out_visual), dim=1)
     b, heads, _, dim_head = out_visual.shape
@@ -259,11 +248,8 @@ def part_cat(x):
 
 
 def part_text_keys(x):
-    k_text = x.k.narrow(x.token_dim, 0, x.shape.n_text)
-    saved = k_text.clone()
-    k_text.mul_(GAMMA)
-    k_text.copy_(saved)
-    return saved
+    with text_keys_scaled(x.k, x.shape.n_text, GAMMA, x.token_dim) as k_scaled:
+        return k_scaled
 
 
 PARTS = {

@@ -16,6 +16,7 @@ call and no L×L logits:
 The text tokens come first in the sequence.
 """
 
+from contextlib import contextmanager
 from typing import Callable, Optional, Union
 
 import torch
@@ -31,6 +32,29 @@ def query_rows(mask: Optional[torch.Tensor], start: int, length: int, seq_len: i
     if mask is None or mask.ndim < 2 or mask.shape[-2] != seq_len:
         return mask
     return mask.narrow(-2, start, length)
+
+
+@contextmanager
+def text_keys_scaled(k: torch.Tensor, n_text: int, gamma: Union[float, torch.Tensor], token_dim: int):
+    """The keys with their first `n_text` (text) rows multiplied by γ, for the `with` block.
+
+    The text rows are scaled in place and restored bit for bit on exit, so the extra memory
+    is one copy of the text keys instead of a copy of all keys. Under autograd the keys are
+    cloned first, so the tensors it saved are never written.
+    """
+    if torch.is_tensor(gamma):
+        gamma = gamma.to(k.dtype).view(-1, *([1] * (k.ndim - 1)))
+    autograd = k.requires_grad and torch.is_grad_enabled()
+    if autograd:
+        k = k.clone()
+    k_text = k.narrow(token_dim, 0, n_text)
+    saved = None if autograd else k_text.clone()
+    k_text.mul_(gamma)
+    try:
+        yield k
+    finally:
+        if saved is not None:
+            k_text.copy_(saved)
 
 
 def taca_attention(
@@ -56,20 +80,6 @@ def taca_attention(
     n_visual = seq_len - n_text
     out_text = attend(q.narrow(token_dim, 0, n_text), k, v, query_rows(mask, 0, n_text, seq_len))
 
-    if torch.is_tensor(gamma):
-        gamma = gamma.to(k.dtype).view(-1, *([1] * (k.ndim - 1)))
-    # Scale the text keys in place and restore them bit for bit afterwards: the extra
-    # memory is one copy of the text keys instead of a copy of all keys. Under autograd
-    # the keys are cloned first, so the tensors it saved are never written.
-    autograd = k.requires_grad and torch.is_grad_enabled()
-    if autograd:
-        k = k.clone()
-    k_text = k.narrow(token_dim, 0, n_text)
-    saved = None if autograd else k_text.clone()
-    k_text.mul_(gamma)
-    try:
-        out_visual = attend(q.narrow(token_dim, n_text, n_visual), k, v, query_rows(mask, n_text, n_visual, seq_len))
-    finally:
-        if saved is not None:
-            k_text.copy_(saved)
+    with text_keys_scaled(k, n_text, gamma, token_dim) as k_scaled:
+        out_visual = attend(q.narrow(token_dim, n_text, n_visual), k_scaled, v, query_rows(mask, n_text, n_visual, seq_len))
     return torch.cat((out_text, out_visual), dim=out_token_dim)
