@@ -136,16 +136,14 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
             up = function(up)  # a row permutation of B·A (swap_scale_shift) is the same one of B
         scale = strength * (file_alpha / down.shape[0] if file_alpha is not None else 1.0)
         per_module.setdefault(key[:-len(".weight")], []).append(LowRankAdd(down, up, scale, row_start))
-    misfits = [
-        (path, tuple(a.down.shape[1] for a in adds), comfy.utils.get_attr(model.model, path + ".weight").shape)
-        for path, adds in per_module.items()
-        if not fits(comfy.utils.get_attr(model.model, path + ".weight"), adds)
-    ]
+    weights = {path: comfy.utils.get_attr(model.model, path + ".weight") for path in per_module}
+    misfits = [path for path, adds in per_module.items() if not fits(weights[path], adds)]
     if misfits:
-        path, lora_in, weight_shape = misfits[0]
+        path = misfits[0]
         raise ValueError(
             f"TACALoraLoader: '{name}' does not fit this model: {len(misfits)} of its {len(per_module)} layers "
-            f"have other sizes (for example {path}: LoRA input width {lora_in[0]}, model layer {tuple(weight_shape)}). "
+            f"have other sizes (for example {path}: LoRA input width {per_module[path][0].down.shape[1]}, "
+            f"model layer {tuple(weights[path].shape)}). "
             f"It seems to target {describe_target(sd)}; the model is {type(model.model).__name__}. Use the TACA "
             f"LoRA trained for this base model (FLUX.1-dev or SD3.5-Medium)."
         )
