@@ -125,7 +125,8 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
         key, offset, function = (target + (None, None))[:3] if isinstance(target, tuple) else (target, None, None)
         dim, row_start = offset[:2] if offset is not None else (0, 0)
         if not isinstance(patch, comfy.weight_adapter.LoRAAdapter) or any(w is not None for w in patch.weights[3:]) or dim != 0:
-            kind = patch.name if hasattr(patch, "name") else patch[0]
+            is_lora = isinstance(patch, comfy.weight_adapter.LoRAAdapter)
+            kind = "DoRA / conv LoRA" if is_lora else getattr(patch, "name", None) or patch[0]
             raise ValueError(
                 f"TACALoraLoader: '{name}' holds a '{kind}' patch for {key}; this loader applies plain "
                 f"low-rank LoRA layers only (the format of the TACA LoRAs). Load this file with ComfyUI's LoraLoader."
