@@ -1,14 +1,21 @@
 """Model-step benchmark: TACA and the TACA LoRA inside a real ComfyUI sampling run.
 
 Times ComfyUI's own sampler (comfy.sample.sample, euler, CFG 3 so cond and uncond run
-as one batch) on random-weight models with the real FLUX.1 and SD3.5-Medium classes,
-narrowed so a step takes a fraction of a second on a CPU but with real head sizes and real
-token counts:
+as one batch) on random-weight models built from the real FLUX.1 and SD3.5-Medium classes.
+
+By default the models are narrowed so a step takes a fraction of a second on a CPU, with
+real head sizes and real token counts:
 
     flux    FLUX.1 blocks, 6 heads of 128, 1 double + 1 single block, 256² (256 image
             tokens) and 256 text tokens
     sd3.5m  SD3.5-Medium (MMDiT-X) blocks, 4 heads of 64, 4 joint blocks, 256² and 154
             text tokens
+
+With --real they have the real architectures and sizes instead (for a GPU): FLUX.1-dev
+(3072 wide, 24 heads of 128, 19 double + 38 single blocks, 512 text tokens) and
+SD3.5-Medium (1536 wide, 24 heads of 64, 24 blocks, 333 text tokens), at 1024², in bf16
+on CUDA. --blocks N keeps only the first N blocks of each kind (a quick check of the
+set-up), and --size the image side in pixels.
 
 Each comparison runs its variants interleaved, several times, and reports medians and
 the ratio to the baseline of the same run:
@@ -19,13 +26,16 @@ the ratio to the baseline of the same run:
                                        against TACA alone
     30 steps, default window           TACA (γ₀ 1.2, threshold 970) against no TACA
 
-Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick]
-Results go to benchmarks/results/model_step-<device>[-quick].{json,md}.
+and the peak memory of a one-step run with TACA on against no TACA.
+
+Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick] [--real]
+Results go to benchmarks/results/model_step-<device>[-real][-quick].{json,md}.
 """
 
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -41,11 +51,35 @@ COMFYUI = Path(os.environ.get("COMFYUI_PATH", ROOT.parents[1]))
 sys.path.insert(0, str(COMFYUI))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+
+def parse_options():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--rounds", type=int, default=11, help="rounds per comparison (default 11)")
+    parser.add_argument("--real", action="store_true", help="the real FLUX.1-dev and SD3.5-Medium sizes (for a GPU)")
+    parser.add_argument("--blocks", type=int, help="keep only the first N blocks of each kind")
+    parser.add_argument("--size", type=int, help="image side in pixels (default 256, or 1024 with --real)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weights (default bfloat16 with --real on CUDA, else float32)")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory comparison")
+    parser.add_argument("--models", nargs="+", choices=["flux", "sd3.5m"], default=["flux", "sd3.5m"])
+    parser.add_argument("--attention", choices=list(ATTENTION_FLAGS), default="comfyui",
+                        help="ComfyUI's attention backend: its own choice (default) or one forced by its flag")
+    return parser.parse_args()
+
+
+ATTENTION_FLAGS = {"comfyui": None, "pytorch": "use_pytorch_cross_attention", "sub_quad": "use_quad_cross_attention",
+                   "split": "use_split_cross_attention"}
+OPTIONS = parse_options()
+
 from comfy.cli_args import args  # noqa: E402
 
 if not torch.cuda.is_available():
     args.cpu = True
+if ATTENTION_FLAGS[OPTIONS.attention]:
+    setattr(args, ATTENTION_FLAGS[OPTIONS.attention], True)
 import utils.extra_config  # noqa: E402,F401  before ComfyUI's nodes.py
+import comfy.ldm.modules.attention  # noqa: E402
 import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
@@ -55,41 +89,75 @@ import folder_paths  # noqa: E402
 import nodes  # noqa: E402
 import safetensors.torch  # noqa: E402
 
+from peak_memory import allocation_peak_cpu  # noqa: E402  (this folder)
 from tiny_models import randomize_weights  # noqa: E402
 
 TEXT_WIDTH = 4096
-LATENT = (32, 32)  # 256² images: 256 image tokens
-MODELS = {
+FLUX_LORA_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+    "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+)
+SD3_LORA_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+    "attn.to_add_out",
+)
+FLUX_COMMON = {
+    "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "patch_size": 2,
+    "vec_in_dim": 768, "context_in_dim": TEXT_WIDTH, "mlp_ratio": 4.0, "axes_dim": [16, 56, 56], "theta": 10000,
+    "qkv_bias": True,
+}
+SD3_COMMON = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "adm_in_channels": 2048, "pos_embed_scaling_factor": None,
+    "qk_norm": "rms",
+}
+
+
+def sd3_context(width):
+    return {"target": "torch.nn.Linear", "params": {"in_features": TEXT_WIDTH, "out_features": width}}
+
+
+NARROW = {  # real head sizes and token counts, few and narrow blocks, 256²
     "flux": dict(
-        config=comfy.supported_models.Flux,
-        unet={
-            "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "patch_size": 2,
-            "vec_in_dim": 768, "context_in_dim": TEXT_WIDTH, "hidden_size": 768, "num_heads": 6, "mlp_ratio": 4.0,
-            "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
-        },
-        n_text=256, pooled=768, extra={"guidance": 3.5},
-        lora_targets=("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                      "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-                      "ff_context.net.2"),
+        config=comfy.supported_models.Flux, size=256, n_text=256, pooled=768, extra={"guidance": 3.5},
+        unet={**FLUX_COMMON, "hidden_size": 768, "num_heads": 6, "depth": 1, "depth_single_blocks": 1},
+        lora_targets=FLUX_LORA_TARGETS,
     ),
     "sd3.5m": dict(
-        config=comfy.supported_models.SD3,
-        unet={
-            "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 4, "adm_in_channels": 2048,
-            "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": TEXT_WIDTH, "out_features": 256}},
-            "pos_embed_max_size": 32, "num_patches": 32 * 32, "pos_embed_scaling_factor": None, "qk_norm": "rms",
-            "x_block_self_attn_layers": list(range(4)),
-        },
-        n_text=154, pooled=2048, extra={},
-        lora_targets=("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                      "attn.add_v_proj", "attn.to_add_out"),
+        config=comfy.supported_models.SD3, size=256, n_text=154, pooled=2048, extra={},
+        unet={**SD3_COMMON, "depth": 4, "context_embedder_config": sd3_context(256), "pos_embed_max_size": 32,
+              "num_patches": 32 * 32, "x_block_self_attn_layers": list(range(4))},
+        lora_targets=SD3_LORA_TARGETS,
+    ),
+}
+REAL = {  # FLUX.1-dev and SD3.5-Medium as released (ComfyUI's detected configs), 1024²
+    "flux": dict(
+        config=comfy.supported_models.Flux, size=1024, n_text=512, pooled=768, extra={"guidance": 3.5},
+        unet={**FLUX_COMMON, "hidden_size": 3072, "num_heads": 24, "depth": 19, "depth_single_blocks": 38},
+        lora_targets=FLUX_LORA_TARGETS,
+    ),
+    "sd3.5m": dict(
+        config=comfy.supported_models.SD3, size=1024, n_text=333, pooled=2048, extra={},
+        unet={**SD3_COMMON, "depth": 24, "context_embedder_config": sd3_context(1536), "pos_embed_max_size": 384,
+              "num_patches": 384 * 384, "x_block_self_attn_layers": list(range(13))},
+        lora_targets=SD3_LORA_TARGETS,
     ),
 }
 
 
-def build(spec, seed=0):
+def first_blocks(spec, blocks):
+    """The spec with only the first `blocks` blocks of each kind (the width stays)."""
+    unet = dict(spec["unet"])
+    if "depth_single_blocks" in unet:
+        unet["depth"], unet["depth_single_blocks"] = min(unet["depth"], blocks), min(unet["depth_single_blocks"], blocks)
+    else:  # MMDiT's width is 64·depth, so the depth stays and num_blocks drops
+        unet["num_blocks"] = min(unet["depth"], blocks)
+        unet["x_block_self_attn_layers"] = [i for i in unet["x_block_self_attn_layers"] if i < blocks]
+    return {**spec, "unet": unet}
+
+
+def build(spec, dtype, seed=0):
     config = spec["config"](spec["unet"])
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model = config.get_model({})
     randomize_weights(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
@@ -118,30 +186,71 @@ def write_lora(model, spec, folder: Path, rank=64) -> str:
     return path.name
 
 
-def timed_run(model, spec, steps):
-    latent = torch.zeros(1, 16, *LATENT)
+def sample(model, spec, steps):
+    latent = torch.zeros(1, 16, spec["size"] // 8, spec["size"] // 8)
     noise = comfy.sample.prepare_noise(latent, 0)
-    start = time.perf_counter()
     comfy.sample.sample(model, noise, steps, 3.0, "euler", "simple", conditioning(spec, 1), conditioning(spec, 2),
                         latent, disable_pbar=True, seed=0)
-    return time.perf_counter() - start
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-def compare(variants: dict, spec, steps, repeats):
-    """Seconds per step of each variant (median), and its ratio to the first variant:
-    the median over rounds of the two times taken in the same round, variants interleaved."""
+def timed_run(model, spec, steps):
+    """Wall and process CPU seconds per step of one sampling run."""
+    cpu, start = time.process_time(), time.perf_counter()
+    sample(model, spec, steps)
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
+
+
+def compare(variants: dict, spec, steps, rounds):
+    """Per-step wall and CPU seconds of each variant in every round; the variants run
+    interleaved, their order rotating from round to round."""
     for model in variants.values():
-        timed_run(model, spec, 1)  # warm up: load, allocate
+        sample(model, spec, 1)  # warm up: load, allocate
     times = {name: [] for name in variants}
-    for round_ in range(repeats):
+    for round_ in range(rounds):
         order = list(variants)[round_ % len(variants):] + list(variants)[:round_ % len(variants)]
         for name in order:
-            times[name].append(timed_run(variants[name], spec, steps) / steps)
+            times[name].append(timed_run(variants[name], spec, steps))
     return times
 
 
-def ratio(times, name, baseline):
-    return statistics.median(t / b for t, b in zip(times[name], times[baseline]))
+def median_interval(values, level=0.95):
+    """A distribution-free interval for the median: order statistics chosen by the binomial law."""
+    xs, n = sorted(values), len(values)
+    k, below = 0, 0.0
+    while below + math.comb(n, k) / 2**n <= (1 - level) / 2:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    k = max(k, 1)
+    return xs[k - 1], xs[n - k]
+
+
+def summarize(times, name, baseline):
+    """Medians, and the median and its 95 % interval of the per-round ratio to the baseline."""
+    wall = [t[0] / b[0] for t, b in zip(times[name], times[baseline])]
+    cpu = [t[1] / b[1] for t, b in zip(times[name], times[baseline])]
+    low, high = median_interval(wall)
+    return {
+        "seconds_per_step": statistics.median(t[0] for t in times[name]),
+        "baseline_seconds_per_step": statistics.median(b[0] for b in times[baseline]),
+        "ratio": statistics.median(wall), "ratio_low": low, "ratio_high": high,
+        "ratio_cpu_time": statistics.median(cpu),
+        "ratio_min": min(t[0] for t in times[name]) / min(b[0] for b in times[baseline]),
+        "runs": len(wall),
+    }
+
+
+def peak_bytes(model, spec):
+    """Peak memory allocated by a one-step sampling run, above what was allocated before it."""
+    sample(model, spec, 1)  # load it first, so loading is not counted
+    if torch.cuda.is_available():
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        sample(model, spec, 1)
+        return torch.cuda.max_memory_allocated() - base
+    peak, _, _ = allocation_peak_cpu(lambda _: sample(model, spec, 1), None)
+    return peak
 
 
 def window_steps(model, steps, threshold):
@@ -149,11 +258,10 @@ def window_steps(model, steps, threshold):
     return int((1000 * sigmas[:-1] >= threshold).sum())
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    opts = parser.parse_args()
-    repeats = 3 if opts.quick else 11
+def main(opts):
+    rounds = 3 if opts.quick else opts.rounds
+    cuda = torch.cuda.is_available()
+    dtype = getattr(torch, opts.dtype or ("bfloat16" if opts.real and cuda else "float32"))
 
     asyncio.run(nodes.load_custom_node(str(ROOT)))
     taca_node, lora_node = nodes.NODE_CLASS_MAPPINGS["TACA"], nodes.NODE_CLASS_MAPPINGS["TACALoraLoader"]
@@ -168,47 +276,75 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     folder_paths.folder_names_and_paths["loras"] = ([str(folder)], {".safetensors"})
 
-    rows = []
-    for family, spec in MODELS.items():
-        model = build(spec)
-        name = write_lora(model, spec, folder)
-        print(f"[{family}] per step, TACA on every step vs off", flush=True)
-        r = compare({"off": model, "taca": taca(model, 0.0)}, spec, steps=4, repeats=repeats)
-        rows.append((family, "per step: TACA on (every step in window) / off", r, "taca", "off"))
-        print(f"[{family}] per step, LoRA inside / outside its window vs TACA alone", flush=True)
-        r = compare({"taca": taca(model, 0.0), "lora_in": lora(taca(model, 0.0), name),
-                     "taca_out": taca(model, 1001.0), "lora_out": lora(taca(model, 1001.0), name)},
-                    spec, steps=4, repeats=repeats)
-        rows.append((family, "per step: + LoRA inside its window / TACA alone", r, "lora_in", "taca"))
-        rows.append((family, "per step: + LoRA outside its window / TACA alone", r, "lora_out", "taca_out"))
-        print(f"[{family}] 30 steps, default window vs off", flush=True)
-        in_window = window_steps(model, 30, 970.0)
-        r = compare({"off": model, "taca": taca(model, 970.0)}, spec, steps=30, repeats=repeats)
-        rows.append((family, f"30 steps: TACA default window ({in_window} of 30 steps) / off", r, "taca", "off"))
+    rows, memory = [], []
+    for family in opts.models:
+        spec = (REAL if opts.real else NARROW)[family]
+        if opts.blocks:
+            spec = first_blocks(spec, opts.blocks)
+        if opts.size:
+            spec = {**spec, "size": opts.size}
+        model = build(spec, dtype)
+
+        variants = {"off": model, "taca": taca(model, 0.0)}
+        print(f"[{family}] peak memory of a step, TACA on vs off", flush=True)
+        peaks = {variant: peak_bytes(m, spec) for variant, m in variants.items()}
+        memory.append({"model": family, "peak_off_bytes": peaks["off"], "peak_taca_bytes": peaks["taca"]})
+        if not opts.memory_only:
+            print(f"[{family}] per step, TACA on every step vs off", flush=True)
+            r = compare(variants, spec, steps=4, rounds=rounds)
+            rows.append((family, "per step: TACA on (every step in window) / off", summarize(r, "taca", "off")))
+
+            print(f"[{family}] per step, LoRA inside / outside its window vs TACA alone", flush=True)
+            name = write_lora(model, spec, folder)
+            r = compare({"taca": taca(model, 0.0), "lora_in": lora(taca(model, 0.0), name),
+                         "taca_out": taca(model, 1001.0), "lora_out": lora(taca(model, 1001.0), name)},
+                        spec, steps=4, rounds=rounds)
+            rows.append((family, "per step: + LoRA inside its window / TACA alone", summarize(r, "lora_in", "taca")))
+            rows.append((family, "per step: + LoRA outside its window / TACA alone", summarize(r, "lora_out", "taca_out")))
+
+            print(f"[{family}] 30 steps, default window vs off", flush=True)
+            in_window = window_steps(model, 30, 970.0)
+            r = compare({"off": model, "taca": taca(model, 970.0)}, spec, steps=30, rounds=rounds)
+            rows.append((family, f"30 steps: TACA default window ({in_window} of 30 steps) / off", summarize(r, "taca", "off")))
+        del model, variants
         comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
 
     device = str(comfy.model_management.get_torch_device())
     result = {
-        "device": device, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "repeats": repeats, "latent": LATENT,
-        "rows": [{"model": m, "case": c, "seconds_per_step": statistics.median(r[v]),
-                  "baseline_seconds_per_step": statistics.median(r[b]), "ratio": ratio(r, v, b),
-                  "ratio_min": min(r[v]) / min(r[b]), "runs": len(r[v])}
-                 for m, c, r, v, b in rows],
+        "device": device, "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rounds": rounds, "real": opts.real,
+        "blocks": opts.blocks, "size": opts.size or (REAL if opts.real else NARROW)["flux"]["size"],
+        "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
+        "rows": [{"model": m, "case": c, **s} for m, c, s in rows],
+        "memory": memory,
     }
-    out = ROOT / "benchmarks" / "results" / f"model_step-{device.split(':')[0]}{'-quick' if opts.quick else ''}"
+    suffix = ("-real" if opts.real else "") + (f"-{opts.attention}" if ATTENTION_FLAGS[opts.attention] else "")
+    suffix += "-memory" if opts.memory_only else "-quick" if opts.quick else ""
+    out = ROOT / "benchmarks" / "results" / f"model_step-{device.split(':')[0]}{suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    lines = [f"Device {device}, torch {torch.__version__}, {result['threads']} threads. Ratio: median over interleaved "
-             f"rounds of variant time / baseline time in the same round; (of minima): fastest / fastest.", "",
-             "| model | comparison | s/step | baseline s/step | ratio | (of minima) | rounds |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['case']} | {r['seconds_per_step']:.4f} | {r['baseline_seconds_per_step']:.4f} | "
-              f"{r['ratio']:.3f} | {r['ratio_min']:.3f} | {r['runs']} |" for r in result["rows"]]
+    mb = 2**20
+    lines = [f"Device {device} ({result['device_name']}), torch {torch.__version__}, {result['dtype']}, "
+             f"{result['threads']} threads, attention {result['attention']}, {'real' if opts.real else 'narrowed'} models"
+             f"{f' (first {opts.blocks} blocks)' if opts.blocks else ''}, {result['size']}².", ""]
+    if result["rows"]:
+        lines += ["Ratio: median over interleaved rounds of variant time / baseline time in the same round, with a "
+                  "95 % interval for that median; also the same median of process CPU times, and fastest / fastest.", "",
+                  "| model | comparison | s/step | baseline s/step | ratio | 95 % interval | CPU-time ratio | (of minima) "
+                  "| rounds |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['model']} | {r['case']} | {r['seconds_per_step']:.4f} | {r['baseline_seconds_per_step']:.4f} | "
+                  f"{r['ratio']:.3f} | {r['ratio_low']:.3f}–{r['ratio_high']:.3f} | {r['ratio_cpu_time']:.3f} | "
+                  f"{r['ratio_min']:.3f} | {r['runs']} |" for r in result["rows"]]
+        lines.append("")
+    lines += ["Peak memory allocated during a one-step sampling run (above what was allocated before it):", "",
+              "| model | TACA off | TACA on | difference |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {m['model']} | {m['peak_off_bytes'] / mb:.1f} MB | {m['peak_taca_bytes'] / mb:.1f} MB | "
+              f"{(m['peak_taca_bytes'] - m['peak_off_bytes']) / mb:+.1f} MB |" for m in memory]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    main(OPTIONS)
