@@ -113,35 +113,28 @@ SD3_COMMON = {
 }
 
 
-def sd3_context(width):
-    return {"target": "torch.nn.Linear", "params": {"in_features": TEXT_WIDTH, "out_features": width}}
+def flux_spec(size, n_text, **unet):
+    return dict(config=comfy.supported_models.Flux, size=size, n_text=n_text, pooled=768, extra={"guidance": 3.5},
+                unet={**FLUX_COMMON, **unet}, lora_targets=FLUX_LORA_TARGETS)
+
+
+def sd35m_spec(size, n_text, depth, self_attn_blocks, pos_embed_max_size):
+    """SD3.5-Medium (MMDiT-X): 64·depth wide, with image self-attention in the first blocks."""
+    unet = {**SD3_COMMON, "depth": depth, "pos_embed_max_size": pos_embed_max_size, "num_patches": pos_embed_max_size**2,
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": TEXT_WIDTH, "out_features": 64 * depth}},
+            "x_block_self_attn_layers": list(range(self_attn_blocks))}
+    return dict(config=comfy.supported_models.SD3, size=size, n_text=n_text, pooled=2048, extra={}, unet=unet,
+                lora_targets=SD3_LORA_TARGETS)
 
 
 NARROW = {  # real head sizes and token counts, few and narrow blocks, 256²
-    "flux": dict(
-        config=comfy.supported_models.Flux, size=256, n_text=256, pooled=768, extra={"guidance": 3.5},
-        unet={**FLUX_COMMON, "hidden_size": 768, "num_heads": 6, "depth": 1, "depth_single_blocks": 1},
-        lora_targets=FLUX_LORA_TARGETS,
-    ),
-    "sd3.5m": dict(
-        config=comfy.supported_models.SD3, size=256, n_text=154, pooled=2048, extra={},
-        unet={**SD3_COMMON, "depth": 4, "context_embedder_config": sd3_context(256), "pos_embed_max_size": 32,
-              "num_patches": 32 * 32, "x_block_self_attn_layers": list(range(4))},
-        lora_targets=SD3_LORA_TARGETS,
-    ),
+    "flux": flux_spec(256, 256, hidden_size=768, num_heads=6, depth=1, depth_single_blocks=1),
+    "sd3.5m": sd35m_spec(256, 154, depth=4, self_attn_blocks=4, pos_embed_max_size=32),
 }
 REAL = {  # FLUX.1-dev and SD3.5-Medium as released (ComfyUI's detected configs), 1024²
-    "flux": dict(
-        config=comfy.supported_models.Flux, size=1024, n_text=512, pooled=768, extra={"guidance": 3.5},
-        unet={**FLUX_COMMON, "hidden_size": 3072, "num_heads": 24, "depth": 19, "depth_single_blocks": 38},
-        lora_targets=FLUX_LORA_TARGETS,
-    ),
-    "sd3.5m": dict(
-        config=comfy.supported_models.SD3, size=1024, n_text=333, pooled=2048, extra={},
-        unet={**SD3_COMMON, "depth": 24, "context_embedder_config": sd3_context(1536), "pos_embed_max_size": 384,
-              "num_patches": 384 * 384, "x_block_self_attn_layers": list(range(13))},
-        lora_targets=SD3_LORA_TARGETS,
-    ),
+    "flux": flux_spec(1024, 512, hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38),
+    "sd3.5m": sd35m_spec(1024, 333, depth=24, self_attn_blocks=13, pos_embed_max_size=384),
 }
 
 
