@@ -7,6 +7,8 @@ One joint attention call, at the shapes FLUX.1 and SD3.5-Medium use, timed side 
     taca_one_copy    prototype: the same two calls, asking the host for heads-first output
                      (ComfyUI's skip_output_reshape=True) and writing both parts into one
                      (B, L, heads·d) buffer, instead of two reshapes and a torch.cat
+    taca_low_memory  prototype: the visual queries in chunks written into one preallocated
+                     buffer that also holds the saved text keys (--low-memory-chunk rows)
     flex_eager       the official FLUX approach: flex_attention with a score_mod, not compiled
     flex_compiled    the same, torch.compile'd
     materialized     the official SD3 approach: L×L logits, block scaled, softmax
@@ -176,6 +178,43 @@ def taca_attention_one_copy(attend_heads_first, q, k, v, n_text, gamma, token_di
     return out.view(b, seq_len, heads * dim_head)
 
 
+def taca_attention_low_memory(attend, q, k, v, n_text, gamma, token_dim, chunk):
+    """Prototype of a taca_attention whose extra memory stays within one copy of the text keys.
+
+    The result buffer is allocated first. The text keys are saved into its text rows, then
+    the visual queries run `chunk` rows at a time over the γ-scaled keys, each part copied
+    into place; the keys are restored from the buffer and the text rows computed last. The
+    price is ⌈n_visual / chunk⌉ host calls instead of one.
+    """
+    seq_len = q.shape[token_dim]
+    batch, heads, dim_head = q.shape[0], (q.shape[1] if token_dim == 2 else 1), q.shape[-1]
+    out = q.new_empty(batch, seq_len, heads * dim_head)
+    k_text = k.narrow(token_dim, 0, n_text)
+    saved = out.narrow(1, 0, n_text)
+    if token_dim == 2:  # (B, heads, L, d) keys: the text rows seen as (B, heads, n_text, d)
+        saved = saved.view(batch, n_text, heads, dim_head).transpose(1, 2)
+    saved.copy_(k_text)
+    k_text.mul_(gamma)
+    try:
+        for start in range(n_text, seq_len, chunk):
+            rows = min(chunk, seq_len - start)
+            out.narrow(1, start, rows).copy_(attend(q.narrow(token_dim, start, rows), k, v, None))
+    finally:
+        k_text.copy_(saved)
+    out.narrow(1, 0, n_text).copy_(attend(q.narrow(token_dim, 0, n_text), k, v, None))
+    return out
+
+
+LOW_MEMORY_CHUNK = None  # rows per visual call; None: as many as there are text tokens (--low-memory-chunk)
+
+
+def case_taca_low_memory(x):
+    return taca_attention_low_memory(
+        x.attend, x.q, x.k, x.v, n_text=x.shape.n_text, gamma=GAMMA, token_dim=x.token_dim,
+        chunk=LOW_MEMORY_CHUNK or x.shape.n_text,
+    )
+
+
 def case_taca_one_copy(x):
     return taca_attention_one_copy(
         lambda q, k, v, m: x.attend(q, k, v, m, skip_output_reshape=True),
@@ -228,6 +267,7 @@ CASES = {
     "plain": case_plain,
     "taca": case_taca,
     "taca_one_copy": case_taca_one_copy,
+    "taca_low_memory": case_taca_low_memory,
     "flex_eager": case_flex_eager,
     "flex_compiled": case_flex_compiled,
     "materialized": case_materialized,
@@ -266,6 +306,7 @@ CASE_LABELS = {
     "plain": "plain (host SDPA)",
     "taca": "TACA core (taca_attention)",
     "taca_one_copy": "TACA, one output copy (prototype)",
+    "taca_low_memory": "TACA, visual queries in chunks into one buffer (prototype)",
     "flex_eager": "official FLUX: flex_attention, eager",
     "flex_compiled": "official FLUX: flex_attention, compiled",
     "materialized": "official SD3: materialized logits",
@@ -397,6 +438,8 @@ def rss_peaks(shape, cases):
     results = {}
     for case in cases:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", shape.name, case]
+        if LOW_MEMORY_CHUNK:
+            cmd += ["--low-memory-chunk", str(LOW_MEMORY_CHUNK)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             results[case] = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -577,7 +620,8 @@ def markdown(report):
         "",
         f"{env['date']} · torch {env['torch']} · {env.get('gpu') or env.get('cpu', '')} · "
         f"{env['threads']} threads · γ = {env['gamma']} · commit {env.get('commit', '?')} · "
-        f"total {report['total_s'] / 60:.1f} min",
+        f"total {report['total_s'] / 60:.1f} min"
+        + (f" · taca_low_memory chunk: {report['low_memory_chunk']} visual rows" if "low_memory_chunk" in report else ""),
         "",
         "Time: median over interleaved rounds of (case time / plain time in the same round), "
         "using the rounds where other processes used < 15 % of the machine when there were at "
@@ -657,6 +701,9 @@ def main():
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="default: all (quick: flux-512 flux-1024)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=[c for c in CASES if c not in PARTS])
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of a TACA call")
+    parser.add_argument("--tag", help="appended to the result files' names")
+    parser.add_argument("--low-memory-chunk", type=int, help="visual rows per host call in taca_low_memory "
+                        "(default: the number of text tokens)")
     parser.add_argument("--rounds", type=int, help="override the rounds per shape")
     parser.add_argument("--no-compile", action="store_true", help="leave out flex_compiled")
     parser.add_argument("--no-rss-check", action="store_true", help="leave out the CPU resident-set memory check")
@@ -666,6 +713,8 @@ def main():
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--rss-child", nargs=2, metavar=("SHAPE", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global LOW_MEMORY_CHUNK
+    LOW_MEMORY_CHUNK = args.low_memory_chunk
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_child:
@@ -700,6 +749,8 @@ def main():
         else "torch.profiler allocation events, running sum",
         "shapes": [],
     }
+    if "taca_low_memory" in cases:
+        report["low_memory_chunk"] = LOW_MEMORY_CHUNK or "n_text"
     log(f"environment: {json.dumps(report['environment'])}")
     log("exactness on small shapes")
     report["exactness"] = exactness([c for c in cases if c not in PARTS], device, dtype, log)
@@ -719,6 +770,7 @@ def main():
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"attention-{device.type}" + ("-quick" if args.quick else "") + ("-breakdown" if args.breakdown else "")
+    stem += f"-{args.tag}" if args.tag else ""
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     table = markdown(report)
     (args.out / f"{stem}.md").write_text(table)
