@@ -86,17 +86,23 @@ def assert_matches(out, ref, baseline):
     assert effect > 100 * TOLERANCE, f"TACA changed the output by only {effect}: the test would prove nothing"
 
 
+def assert_taca_matches_reference(taca, model, positive, negative, latent, after_step, text_lengths, n_visual=None):
+    """Sample with TACA and with the materialized reference (window: the first `after_step`
+    steps) and check that they agree, and that TACA changed the output."""
+    threshold = threshold_after_step(model, after_step)
+    n_visual = image_tokens(model, latent) if n_visual is None else n_visual
+    reference = ReferenceTACA(GAMMA, threshold, text_lengths, n_visual)
+    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
+    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+
+
 @pytest.mark.parametrize("family", MODELS)
 def test_matches_reference_with_cfg(family, taca):
     model = MODELS[family](seed=1)
     latent = empty_latent(8, 8)
     positive, negative = conditioning(model, 77, seed=2), conditioning(model, 77, seed=3)
-    threshold = threshold_after_step(model, 2)
-    reference = ReferenceTACA(GAMMA, threshold, {77}, image_tokens(model, latent))
-
-    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
-    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
-    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+    assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=2, text_lengths={77})
 
 
 @pytest.mark.parametrize("family", MODELS)
@@ -108,12 +114,7 @@ def test_matches_reference_at_odd_sizes_and_unequal_prompt_lengths(family, heigh
     latent = empty_latent(height, width)
     n_pos, n_neg = text_lengths
     positive, negative = conditioning(model, n_pos, seed=5), conditioning(model, n_neg, seed=6)
-    threshold = threshold_after_step(model, 1)
-    reference = ReferenceTACA(GAMMA, threshold, text_lengths, image_tokens(model, latent))
-
-    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
-    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
-    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+    assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=1, text_lengths=text_lengths)
 
 
 def test_flux_kontext_reference_image_tokens_count_as_visual(taca):
@@ -125,12 +126,8 @@ def test_flux_kontext_reference_image_tokens_count_as_visual(taca):
     for cond in (positive, negative):
         cond[0][1]["reference_latents"] = [reference_image]
     n_visual = image_tokens(model, latent) + image_tokens(model, reference_image)
-    threshold = threshold_after_step(model, 2)
-    reference = ReferenceTACA(GAMMA, threshold, {24}, n_visual)
-
-    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
-    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
-    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+    assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=2, text_lengths={24},
+                                  n_visual=n_visual)
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
@@ -161,12 +158,7 @@ def test_matches_reference_on_each_attention_backend(family, backend, taca):
     model = with_attention_override(MODELS[family](seed=16), lambda func, *args, **kwargs: attention(*args, **kwargs))
     latent = empty_latent(6, 10)
     positive, negative = conditioning(model, 24, seed=17), conditioning(model, 24, seed=18)
-    threshold = threshold_after_step(model, 2)
-    reference = ReferenceTACA(GAMMA, threshold, {24}, image_tokens(model, latent))
-
-    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
-    ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
-    assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
+    assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=2, text_lengths={24})
 
 
 def test_second_taca_node_replaces_the_first_settings(taca):
