@@ -90,7 +90,7 @@ import folder_paths  # noqa: E402
 import nodes  # noqa: E402
 import safetensors.torch  # noqa: E402
 
-from peak_memory import allocation_peak_cpu  # noqa: E402  (this folder)
+from peak_memory import allocation_peak_cpu, allocation_peak_cuda  # noqa: E402  (this folder)
 from tiny_models import randomize_weights  # noqa: E402
 
 TEXT_WIDTH = 4096
@@ -238,12 +238,8 @@ def summarize(times, name, baseline):
 def peak_bytes(model, spec):
     """Peak memory allocated by a one-step sampling run, above what was allocated before it."""
     sample(model, spec, 1)  # load it first, so loading is not counted
-    if torch.cuda.is_available():
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        sample(model, spec, 1)
-        return torch.cuda.max_memory_allocated() - base
-    peak, _, _ = allocation_peak_cpu(lambda _: sample(model, spec, 1), None)
+    allocation_peak = allocation_peak_cuda if torch.cuda.is_available() else allocation_peak_cpu
+    peak, _, _ = allocation_peak(lambda _: sample(model, spec, 1), None)
     return peak
 
 
