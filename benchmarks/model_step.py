@@ -30,7 +30,8 @@ the ratio to the baseline of the same run:
 and the peak memory of a one-step run with TACA on against no TACA.
 
 Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick] [--real]
-Results go to benchmarks/results/model_step-<device>[-real][-quick].{json,md}.
+[--comparisons memory per-step 30-steps]. Results go to
+benchmarks/results/model_step-<device>[-real][-<attention>][-<comparisons>][-<N>-threads][-quick].{json,md}.
 """
 
 import argparse
@@ -62,13 +63,16 @@ def parse_options():
     parser.add_argument("--size", type=int, help="image side in pixels (default 256, or 1024 with --real)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weights (default bfloat16 with --real on CUDA, else float32)")
-    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory comparison")
+    parser.add_argument("--comparisons", nargs="+", choices=COMPARISONS, default=list(COMPARISONS),
+                        help="which comparisons to run (default all)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     parser.add_argument("--models", nargs="+", choices=["flux", "sd3.5m"], default=["flux", "sd3.5m"])
     parser.add_argument("--attention", choices=list(ATTENTION_FLAGS), default="comfyui",
                         help="ComfyUI's attention backend: its own choice (default) or one forced by its flag")
     return parser.parse_args()
 
 
+COMPARISONS = ("memory", "per-step", "30-steps")
 ATTENTION_FLAGS = {"comfyui": None, "pytorch": "use_pytorch_cross_attention", "sub_quad": "use_quad_cross_attention",
                    "split": "use_split_cross_attention"}
 OPTIONS = parse_options()
@@ -232,6 +236,8 @@ def summarize(times, name, baseline):
         "ratio_cpu_time": statistics.median(cpu),
         "ratio_min": min(t[0] for t in times[name]) / min(b[0] for b in times[baseline]),
         "runs": len(wall),
+        "rounds_seconds_per_step": [t[0] for t in times[name]],
+        "rounds_baseline_seconds_per_step": [b[0] for b in times[baseline]],
     }
 
 
@@ -250,6 +256,8 @@ def window_steps(model, steps, threshold):
 
 def main(opts):
     rounds = 3 if opts.quick else opts.rounds
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     cuda = torch.cuda.is_available()
     dtype = getattr(torch, opts.dtype or ("bfloat16" if opts.real and cuda else "float32"))
 
@@ -275,11 +283,11 @@ def main(opts):
             spec = {**spec, "size": opts.size}
         model = build(spec, dtype)
 
-        variants = {"off": model, "taca": taca(model, 0.0)}
-        print(f"[{family}] peak memory of a step, TACA on vs off", flush=True)
-        peaks = {variant: peak_bytes(m, spec) for variant, m in variants.items()}
-        memory.append({"model": family, "peak_off_bytes": peaks["off"], "peak_taca_bytes": peaks["taca"]})
-        if not opts.memory_only:
+        if "memory" in opts.comparisons:
+            print(f"[{family}] peak memory of a step, TACA on vs off", flush=True)
+            peaks = {variant: peak_bytes(m, spec) for variant, m in {"off": model, "taca": taca(model, 0.0)}.items()}
+            memory.append({"model": family, "peak_off_bytes": peaks["off"], "peak_taca_bytes": peaks["taca"]})
+        if "per-step" in opts.comparisons:
             print(f"[{family}] per step: TACA inside / outside its window, with and without the LoRA", flush=True)
             name = write_lora(model, spec, folder)
             r = compare({"off": model, "taca": taca(model, 0.0), "lora_in": lora(taca(model, 0.0), name),
@@ -289,12 +297,12 @@ def main(opts):
             rows.append((family, "per step: TACA outside its window / off", summarize(r, "taca_out", "off")))
             rows.append((family, "per step: + LoRA inside its window / TACA alone", summarize(r, "lora_in", "taca")))
             rows.append((family, "per step: + LoRA outside its window / TACA alone", summarize(r, "lora_out", "taca_out")))
-
+        if "30-steps" in opts.comparisons:
             print(f"[{family}] 30 steps, default window vs off", flush=True)
             in_window = window_steps(model, 30, 970.0)
             r = compare({"off": model, "taca": taca(model, 970.0)}, spec, steps=30, rounds=rounds)
             rows.append((family, f"30 steps: TACA default window ({in_window} of 30 steps) / off", summarize(r, "taca", "off")))
-        del model, variants
+        del model
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
 
@@ -303,13 +311,15 @@ def main(opts):
         "device": device, "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rounds": rounds, "real": opts.real,
-        "blocks": opts.blocks, "size": opts.size or (REAL if opts.real else NARROW)["flux"]["size"],
+        "comparisons": opts.comparisons, "blocks": opts.blocks, "size": opts.size or (REAL if opts.real else NARROW)["flux"]["size"],
         "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
         "rows": [{"model": m, "case": c, **s} for m, c, s in rows],
         "memory": memory,
     }
     suffix = ("-real" if opts.real else "") + (f"-{opts.attention}" if ATTENTION_FLAGS[opts.attention] else "")
-    suffix += "-memory" if opts.memory_only else "-quick" if opts.quick else ""
+    if opts.comparisons != list(COMPARISONS):
+        suffix += "".join(f"-{c}" for c in COMPARISONS if c in opts.comparisons)
+    suffix += (f"-{opts.threads}-threads" if opts.threads else "") + ("-quick" if opts.quick else "")
     out = ROOT / "benchmarks" / "results" / f"model_step-{device.split(':')[0]}{suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -326,8 +336,9 @@ def main(opts):
                   f"{r['ratio']:.3f} | {r['ratio_low']:.3f}–{r['ratio_high']:.3f} | {r['ratio_cpu_time']:.3f} | "
                   f"{r['ratio_min']:.3f} | {r['runs']} |" for r in result["rows"]]
         lines.append("")
-    lines += ["Peak memory allocated during a one-step sampling run (above what was allocated before it):", "",
-              "| model | TACA off | TACA on | difference |", "| --- | ---: | ---: | ---: |"]
+    if memory:
+        lines += ["Peak memory allocated during a one-step sampling run (above what was allocated before it):", "",
+                  "| model | TACA off | TACA on | difference |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {m['model']} | {m['peak_off_bytes'] / mb:.1f} MB | {m['peak_taca_bytes'] / mb:.1f} MB | "
               f"{(m['peak_taca_bytes'] - m['peak_off_bytes']) / mb:+.1f} MB |" for m in memory]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
