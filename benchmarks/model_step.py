@@ -26,6 +26,10 @@ the ratio to the baseline of the same run:
     per step, LoRA                     TACA + TACALoraLoader inside its window and outside it,
                                        against TACA alone
     30 steps, default window           TACA (γ₀ 1.2, threshold 970) against no TACA
+    overhead                           TACA outside its window against no TACA, and the LoRA
+                                       outside its window against TACA alone, on the same blocks
+                                       at the least width with one image and one text token: the
+                                       per-step difference in microseconds
 
 and the peak memory of a one-step run with TACA on against no TACA.
 
@@ -72,7 +76,7 @@ def parse_options():
     return parser.parse_args()
 
 
-COMPARISONS = ("memory", "per-step", "30-steps")
+COMPARISONS = ("memory", "per-step", "30-steps", "overhead")
 ATTENTION_FLAGS = {"comfyui": None, "pytorch": "use_pytorch_cross_attention", "sub_quad": "use_quad_cross_attention",
                    "split": "use_split_cross_attention"}
 OPTIONS = parse_options()
@@ -98,6 +102,7 @@ from peak_memory import allocation_peak_cpu, allocation_peak_cuda  # noqa: E402 
 from tiny_models import randomize_weights  # noqa: E402
 
 TEXT_WIDTH = 4096
+OVERHEAD_ROUNDS_PER_ROUND = 20  # the overhead comparison's runs are short: 20 times the rounds
 FLUX_LORA_TARGETS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
     "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
@@ -153,6 +158,19 @@ def first_blocks(spec, blocks):
     return {**spec, "unet": unet}
 
 
+def minimal(spec):
+    """The spec's blocks at the least width (one head), one image token and one text token:
+    a step is almost all bookkeeping, so TACA's own per-step cost shows in microseconds."""
+    unet = dict(spec["unet"])
+    if "depth_single_blocks" in unet:
+        unet.update(hidden_size=128, num_heads=1)
+    else:  # MMDiT's width is 64·depth: one head of 64, with the spec's blocks
+        unet.update(num_blocks=unet.get("num_blocks", unet["depth"]), depth=1, pos_embed_max_size=4, num_patches=16,
+                    context_embedder_config={**unet["context_embedder_config"],
+                                             "params": {"in_features": TEXT_WIDTH, "out_features": 64}})
+    return {**spec, "unet": unet, "size": 16, "n_text": 1}
+
+
 def build(spec, dtype, seed=0):
     config = spec["config"](spec["unet"])
     config.set_inference_dtype(dtype, None)
@@ -168,7 +186,7 @@ def conditioning(spec, seed):
              {"pooled_output": torch.randn(1, spec["pooled"], generator=g), **spec["extra"]}]]
 
 
-def write_lora(model, spec, folder: Path, rank=64) -> str:
+def write_lora(model, spec, folder: Path, rank=64, filename="taca_bench.safetensors") -> str:
     """A rank-64 LoRA in the official format on the training scripts' target modules."""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     weights = model.model.state_dict()
@@ -179,7 +197,7 @@ def write_lora(model, spec, folder: Path, rank=64) -> str:
         if name.startswith("transformer.") and name.endswith(spec["lora_targets"]) and key in weights:
             lora[f"{name}.lora_A.weight"] = torch.randn(rank, weights[key].shape[1], generator=g) * 0.01
             lora[f"{name}.lora_B.weight"] = torch.randn(offset[2] if offset else weights[key].shape[0], rank, generator=g) * 0.01
-    path = folder / "taca_bench.safetensors"
+    path = folder / filename
     safetensors.torch.save_file(lora, str(path))
     return path.name
 
@@ -241,6 +259,18 @@ def summarize(times, name, baseline):
     }
 
 
+def summarize_difference(times, name, baseline):
+    """The median and its 95 % interval of the per-round difference to the baseline, in seconds per step."""
+    wall = [t[0] - b[0] for t, b in zip(times[name], times[baseline])]
+    low, high = median_interval(wall)
+    return {
+        "seconds_per_step": statistics.median(t[0] for t in times[name]),
+        "baseline_seconds_per_step": statistics.median(b[0] for b in times[baseline]),
+        "difference": statistics.median(wall), "difference_low": low, "difference_high": high,
+        "runs": len(wall),
+    }
+
+
 def peak_bytes(model, spec):
     """Peak memory allocated by a one-step sampling run, above what was allocated before it."""
     sample(model, spec, 1)  # load it first, so loading is not counted
@@ -274,15 +304,15 @@ def main(opts):
     folder.mkdir(parents=True, exist_ok=True)
     folder_paths.folder_names_and_paths["loras"] = ([str(folder)], {".safetensors"})
 
-    rows, memory = [], []
+    rows, memory, overheads = [], [], []
     for family in opts.models:
         spec = (REAL if opts.real else NARROW)[family]
         if opts.blocks:
             spec = first_blocks(spec, opts.blocks)
         if opts.size:
             spec = {**spec, "size": opts.size}
-        model = build(spec, dtype)
-
+        # every comparison but the overhead one runs the model at the spec's width
+        model = build(spec, dtype) if set(opts.comparisons) - {"overhead"} else None
         if "memory" in opts.comparisons:
             print(f"[{family}] peak memory of a step, TACA on vs off", flush=True)
             peaks = {variant: peak_bytes(m, spec) for variant, m in {"off": model, "taca": taca(model, 0.0)}.items()}
@@ -302,6 +332,17 @@ def main(opts):
             in_window = window_steps(model, 30, 970.0)
             r = compare({"off": model, "taca": taca(model, 970.0)}, spec, steps=30, rounds=rounds)
             rows.append((family, f"30 steps: TACA default window ({in_window} of 30 steps) / off", summarize(r, "taca", "off")))
+        if "overhead" in opts.comparisons:
+            print(f"[{family}] TACA's and the LoRA's own cost outside their window, on a minimal model", flush=True)
+            small = minimal(spec)
+            base = build(small, dtype)
+            name = write_lora(base, small, folder, filename="taca_bench_minimal.safetensors")
+            r = compare({"off": base, "taca_out": taca(base, 1001.0), "lora_out": lora(taca(base, 1001.0), name)},
+                        small, steps=4, rounds=OVERHEAD_ROUNDS_PER_ROUND * rounds)
+            overheads.append((family, "TACA outside its window − off", summarize_difference(r, "taca_out", "off")))
+            overheads.append((family, "+ LoRA outside its window − TACA alone",
+                              summarize_difference(r, "lora_out", "taca_out")))
+            del base
         del model
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
@@ -315,6 +356,7 @@ def main(opts):
         "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
         "rows": [{"model": m, "case": c, **s} for m, c, s in rows],
         "memory": memory,
+        "overhead": [{"model": m, "case": c, **d} for m, c, d in overheads],
     }
     suffix = ("-real" if opts.real else "") + (f"-{opts.attention}" if ATTENTION_FLAGS[opts.attention] else "")
     if opts.comparisons != list(COMPARISONS):
@@ -341,6 +383,15 @@ def main(opts):
                   "| model | TACA off | TACA on | difference |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {m['model']} | {m['peak_off_bytes'] / mb:.1f} MB | {m['peak_taca_bytes'] / mb:.1f} MB | "
               f"{(m['peak_taca_bytes'] - m['peak_off_bytes']) / mb:+.1f} MB |" for m in memory]
+    if overheads:
+        lines += ["", "Own cost outside the window, on the same blocks at the least width (one head, one image and "
+                  "one text token), where a step is almost all bookkeeping: median over interleaved rounds of the "
+                  "per-step time difference to the baseline of the same round, with its 95 % interval.", "",
+                  "| model | comparison | baseline ms/step | extra µs per step | 95 % interval | rounds |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {d['model']} | {d['case']} | {1e3 * d['baseline_seconds_per_step']:.2f} | "
+                  f"{1e6 * d['difference']:+.1f} | {1e6 * d['difference_low']:+.1f} to {1e6 * d['difference_high']:+.1f} | "
+                  f"{d['runs']} |" for d in result["overhead"]]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
