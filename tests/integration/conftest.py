@@ -85,3 +85,18 @@ def taca(taca_node):
         return taca_node.execute(model=model, gamma=gamma, threshold=threshold).result[0]
 
     return run
+
+
+@pytest.fixture
+def torch_compile():
+    """Run ComfyUI's TorchCompileModel node (inductor): torch_compile(model) -> its MODEL output.
+
+    Dynamo's caches and counters are reset before and after the test.
+    """
+    import torch._dynamo
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield lambda model: TorchCompileModel.execute(model=model, backend="inductor").result[0]
+    torch._dynamo.reset()

@@ -12,6 +12,7 @@ import logging
 import pytest
 import safetensors.torch
 import torch
+from torch._dynamo.utils import counters
 
 import comfy.lora
 import comfy.model_management
@@ -21,7 +22,7 @@ import comfy.sd
 import folder_paths
 import nodes
 
-from tiny_models import conditioning, empty_latent, sigmas, tiny_flux, tiny_sd3, tiny_sd35_medium
+from tiny_models import conditioning, empty_latent, sigmas, tiny_flux, tiny_sd3, tiny_sd35_medium, with_attention_backend
 
 # Target modules of diffusers' train_dreambooth_lora_flux.py and train_dreambooth_lora_sd3.py.
 FLUX_TARGETS = (
@@ -127,6 +128,25 @@ def test_outside_the_window_bit_identical_to_no_lora(family, loras, taca):
     with_lora = run(taca(lora_loader(model, name), 1.2, threshold), schedule=later, latent=start)
     without = run(taca(model, 1.2, threshold), schedule=later, latent=start)
     assert torch.equal(with_lora, without)
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_under_torch_compile_matches_eager(family, loras, taca, torch_compile):
+    # ComfyUI's TorchCompileModel behind TACA and the loader, or in front of them: the
+    # compiled model samples as the eager one does, within inductor's fp32 reordering
+    # (about 2e-4 here), and with PyTorch SDPA torch.compile meets no graph break.
+    build, targets = BUILDERS[family]
+    model = with_attention_backend(build(), "pytorch")
+    name = loras(f"taca_{family}.safetensors", official_lora(model, targets))
+    threshold = threshold_after_steps(model, 4, 2)
+    eager = run(lora_loader(taca(model, 1.2, threshold), name))
+    compiled_taca_alone = run(torch_compile(taca(model, 1.2, threshold)))
+    for order, patched in (("TorchCompileModel last", torch_compile(lora_loader(taca(model, 1.2, threshold), name))),
+                           ("TorchCompileModel first", lora_loader(taca(torch_compile(model), 1.2, threshold), name))):
+        out = run(patched)
+        assert (out - eager).abs().max() <= 1e-3, order
+        assert (out - compiled_taca_alone).abs().max() > 5e-2, f"{order}: the LoRA had no effect"
+    assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
 
 
 @pytest.mark.parametrize("family", BUILDERS)

@@ -12,10 +12,8 @@ import math
 import pytest
 import torch
 
-import comfy.ldm.modules.attention
-
 from tiny_models import (
-    MODELS, conditioning, empty_latent, image_tokens, sample, sigmas, with_attention_override,
+    MODELS, conditioning, empty_latent, image_tokens, sample, sigmas, with_attention_backend, with_attention_override,
 )
 
 STEPS = 4
@@ -154,8 +152,7 @@ def test_chains_an_override_installed_before_it(family, taca):
 @pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
 def test_matches_reference_on_each_attention_backend(family, backend, taca):
     # An attention-selection node in front picks ComfyUI's backend; TACA runs through it.
-    attention = comfy.ldm.modules.attention.get_attention_function(backend)
-    model = with_attention_override(MODELS[family](seed=16), lambda func, *args, **kwargs: attention(*args, **kwargs))
+    model = with_attention_backend(MODELS[family](seed=16), backend)
     latent = empty_latent(6, 10)
     positive, negative = conditioning(model, 24, seed=17), conditioning(model, 24, seed=18)
     assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=2, text_lengths={24})

@@ -6,14 +6,9 @@ break: inside the window and outside it, each is one graph.
 """
 
 import pytest
-import torch
-import torch._dynamo
 from torch._dynamo.utils import counters
 
-import comfy.ldm.modules.attention
-from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-from tiny_models import MODELS, conditioning, empty_latent, sample, sigmas, with_attention_override
+from tiny_models import MODELS, conditioning, empty_latent, sample, sigmas, with_attention_backend
 
 STEPS = 4
 GAMMA = 1.3
@@ -22,22 +17,9 @@ GAMMA = 1.3
 TOLERANCE = 1e-3
 
 
-def compiled(model):
-    return TorchCompileModel.execute(model=model, backend="inductor").result[0]
-
-
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
-def test_taca_before_or_after_torch_compile_matches_eager_taca(family, taca, fresh_dynamo):
-    sdpa = comfy.ldm.modules.attention.get_attention_function("pytorch")
-    model = with_attention_override(MODELS[family](seed=1), lambda func, *args, **kwargs: sdpa(*args, **kwargs))
+def test_taca_before_or_after_torch_compile_matches_eager_taca(family, taca, torch_compile):
+    model = with_attention_backend(MODELS[family](seed=1), "pytorch")
     latent = empty_latent(8, 8)
     positive, negative = conditioning(model, 20, seed=2), conditioning(model, 20, seed=3)
     s = sigmas(model, STEPS)
@@ -47,9 +29,9 @@ def test_taca_before_or_after_torch_compile_matches_eager_taca(family, taca, fre
         return sample(m, positive, negative, latent, steps=STEPS)
 
     eager = run(taca(model, GAMMA, threshold))
-    compiled_without_taca = run(compiled(model))
-    for order, patched in (("TACA after TorchCompileModel", taca(compiled(model), GAMMA, threshold)),
-                           ("TACA before TorchCompileModel", compiled(taca(model, GAMMA, threshold)))):
+    compiled_without_taca = run(torch_compile(model))
+    for order, patched in (("TACA after TorchCompileModel", taca(torch_compile(model), GAMMA, threshold)),
+                           ("TACA before TorchCompileModel", torch_compile(taca(model, GAMMA, threshold)))):
         out = run(patched)
         error, effect = (out - eager).abs().max().item(), (out - compiled_without_taca).abs().max().item()
         assert error <= TOLERANCE, f"{order}: differs from eager TACA by {error}"

@@ -34,6 +34,7 @@ Inputs and sampling:
     empty_latent(height, width)          a zero latent, sizes in latent pixels
     sample(model, positive, negative, latent, ...)   comfy.sample.sample with seeded noise, no progress bar
     with_attention_override(model, fn)   a clone whose attention calls go through fn, as another node would set it
+    with_attention_backend(model, name)  a clone whose attention runs ComfyUI's backend `name`
     randomize_weights(module, seed)      fill every parameter and stored buffer: norms 1 and 0, the rest random
 """
 
@@ -41,6 +42,7 @@ import math
 
 import torch
 
+import comfy.ldm.modules.attention
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sample
@@ -217,3 +219,10 @@ def with_attention_override(model, override):
     patched = model.clone()
     patched.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
     return patched
+
+
+def with_attention_backend(model, backend: str):
+    """A clone of `model` whose attention runs ComfyUI's `backend` ("pytorch", "sub_quad", "split"),
+    as an attention-selection node in front would set it."""
+    attention = comfy.ldm.modules.attention.get_attention_function(backend)
+    return with_attention_override(model, lambda func, *args, **kwargs: attention(*args, **kwargs))
