@@ -2,7 +2,7 @@
 
 torch.compile traces TACA's attention override into the compiled diffusion model. With
 PyTorch SDPA, the attention ComfyUI picks on a GPU, the model compiles without a graph
-break: inside the window and outside it, each is one graph.
+break, inside the window and outside it.
 """
 
 import pytest
