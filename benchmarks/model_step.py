@@ -34,7 +34,7 @@ the ratio to the baseline of the same run:
 and the peak memory of a one-step run with TACA on against no TACA.
 
 Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick] [--real]
-[--comparisons memory per-step 30-steps]. Results go to
+[--comparisons memory per-step 30-steps overhead]. Results go to
 benchmarks/results/model_step-<device>[-real][-<attention>][-<comparisons>][-<N>-threads][-quick].{json,md}.
 """
 
