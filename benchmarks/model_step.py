@@ -242,33 +242,35 @@ def median_interval(values, level=0.95):
     return xs[k - 1], xs[n - k]
 
 
+def per_round(times, name, baseline):
+    """Both variants' per-step wall times in every round, and their medians."""
+    wall, base = [t[0] for t in times[name]], [b[0] for b in times[baseline]]
+    return {
+        "seconds_per_step": statistics.median(wall), "baseline_seconds_per_step": statistics.median(base),
+        "runs": len(wall), "rounds_seconds_per_step": wall, "rounds_baseline_seconds_per_step": base,
+    }
+
+
 def summarize(times, name, baseline):
     """Medians, and the median and its 95 % interval of the per-round ratio to the baseline."""
     wall = [t[0] / b[0] for t, b in zip(times[name], times[baseline])]
     cpu = [t[1] / b[1] for t, b in zip(times[name], times[baseline])]
     low, high = median_interval(wall)
     return {
-        "seconds_per_step": statistics.median(t[0] for t in times[name]),
-        "baseline_seconds_per_step": statistics.median(b[0] for b in times[baseline]),
+        **per_round(times, name, baseline),
         "ratio": statistics.median(wall), "ratio_low": low, "ratio_high": high,
         "ratio_cpu_time": statistics.median(cpu),
         "ratio_min": min(t[0] for t in times[name]) / min(b[0] for b in times[baseline]),
-        "runs": len(wall),
-        "rounds_seconds_per_step": [t[0] for t in times[name]],
-        "rounds_baseline_seconds_per_step": [b[0] for b in times[baseline]],
     }
 
 
 def summarize_difference(times, name, baseline):
-    """The median and its 95 % interval of the per-round difference to the baseline, in seconds per step."""
+    """Medians, and the median and its 95 % interval of the per-round difference to the baseline,
+    in seconds per step."""
     wall = [t[0] - b[0] for t, b in zip(times[name], times[baseline])]
     low, high = median_interval(wall)
-    return {
-        "seconds_per_step": statistics.median(t[0] for t in times[name]),
-        "baseline_seconds_per_step": statistics.median(b[0] for b in times[baseline]),
-        "difference": statistics.median(wall), "difference_low": low, "difference_high": high,
-        "runs": len(wall),
-    }
+    return {**per_round(times, name, baseline),
+            "difference": statistics.median(wall), "difference_low": low, "difference_high": high}
 
 
 def peak_bytes(model, spec):
