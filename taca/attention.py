@@ -13,7 +13,9 @@ call and no L×L logits:
     out_text   = attend(Q_text,   K,              V)
     out_visual = attend(Q_visual, [γ K_text; K_visual], V)
 
-The text tokens come first in the sequence.
+The text is one contiguous span of the sequence: its first or its last n_text tokens
+(MM-DiTs put it first, HiDream, HunyuanVideo and Mochi last). Masks are sliced by query
+rows; key masks apply unchanged.
 """
 
 from contextlib import contextmanager
@@ -22,12 +24,19 @@ from typing import Callable, Optional, Union
 import torch
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+Gamma = Union[float, torch.Tensor]
+
+
+def text_start(length: int, n_text: int, text_first: bool) -> int:
+    """Where the text span starts in a sequence of `length` tokens."""
+    return 0 if text_first else length - n_text
 
 
 def query_rows(mask: Optional[torch.Tensor], start: int, length: int, seq_len: int) -> Optional[torch.Tensor]:
     """The rows of an attention mask that belong to queries start .. start+length.
 
-    A mask whose query axis is broadcast (size 1) applies to every query as it is.
+    A mask whose query axis is broadcast (size 1, as key-padding masks are) applies to
+    every query as it is.
     """
     if mask is None or mask.ndim < 2 or mask.shape[-2] != seq_len:
         return mask
@@ -35,19 +44,20 @@ def query_rows(mask: Optional[torch.Tensor], start: int, length: int, seq_len: i
 
 
 @contextmanager
-def text_keys_scaled(k: torch.Tensor, n_text: int, gamma: Union[float, torch.Tensor], token_dim: int):
-    """The keys with their first `n_text` (text) rows multiplied by γ, for the `with` block.
+def text_keys_scaled(k: torch.Tensor, start: int, n_text: int, gamma: Gamma, token_dim: int):
+    """The keys with their text rows (start .. start+n_text) multiplied by γ, for the `with` block.
 
-    The text rows are scaled in place and restored bit for bit on exit, so the extra memory
-    is one copy of the text keys instead of a copy of all keys. Under autograd the keys are
-    cloned first, so the tensors it saved are never written.
+    γ is a number or one value per batch item. The text rows are scaled in place and
+    restored bit for bit on exit, so the extra memory is one copy of the text keys instead
+    of a copy of all keys. Under autograd the keys are cloned first, so the tensors it
+    saved are never written.
     """
     if torch.is_tensor(gamma):
         gamma = gamma.to(k.dtype).view(-1, *([1] * (k.ndim - 1)))
     autograd = k.requires_grad and torch.is_grad_enabled()
     if autograd:
         k = k.clone()
-    k_text = k.narrow(token_dim, 0, n_text)
+    k_text = k.narrow(token_dim, start, n_text)
     saved = None if autograd else k_text.clone()
     k_text.mul_(gamma)
     try:
@@ -63,23 +73,30 @@ def taca_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     n_text: int,
-    gamma: Union[float, torch.Tensor],
+    gamma: Gamma,
     token_dim: int,
     out_token_dim: int,
+    text_first: bool = True,
+    text_queries: bool = True,
     mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Joint attention with the visual→text logits scaled by γ.
 
-    attend(q, k, v, mask) is the host's attention function; q, k and v have the
-    sequence on axis `token_dim` and its output has it on `out_token_dim`.
-    `gamma` is a number, or one value per batch item. The first `n_text` tokens are
-    text, the rest are visual. The result equals plain attention over logits whose
-    visual-query × text-key block is multiplied by γ.
+    attend(q, k, v, mask) is the host's attention function; q, k and v have the sequence
+    on axis `token_dim` and its output has it on `out_token_dim`. The text is the first
+    (`text_first`) or the last `n_text` tokens of the keys, and of the queries unless
+    `text_queries` is False (a call whose queries are all visual); every other token is
+    visual. The keys may be longer than the queries (cached reference tokens). `gamma` is
+    a number or one value per batch item. The result equals plain attention over logits
+    whose visual-query × text-key block is multiplied by γ.
     """
-    seq_len = q.shape[token_dim]
-    n_visual = seq_len - n_text
-    out_text = attend(q.narrow(token_dim, 0, n_text), k, v, query_rows(mask, 0, n_text, seq_len))
-
-    with text_keys_scaled(k, n_text, gamma, token_dim) as k_scaled:
-        out_visual = attend(q.narrow(token_dim, n_text, n_visual), k_scaled, v, query_rows(mask, n_text, n_visual, seq_len))
-    return torch.cat((out_text, out_visual), dim=out_token_dim)
+    lq, lk = q.shape[token_dim], k.shape[token_dim]
+    with text_keys_scaled(k, text_start(lk, n_text, text_first), n_text, gamma, token_dim) as k_scaled:
+        if not text_queries:
+            return attend(q, k_scaled, v, mask)
+        q_visual, n_visual = (n_text if text_first else 0), lq - n_text
+        out_visual = attend(q.narrow(token_dim, q_visual, n_visual), k_scaled, v, query_rows(mask, q_visual, n_visual, lq))
+    q_text = text_start(lq, n_text, text_first)
+    out_text = attend(q.narrow(token_dim, q_text, n_text), k, v, query_rows(mask, q_text, n_text, lq))
+    parts = (out_text, out_visual) if text_first else (out_visual, out_text)
+    return torch.cat(parts, dim=out_token_dim)
