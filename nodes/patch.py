@@ -1,42 +1,65 @@
-"""Attach TACA to a ModelPatcher clone: settings, a per-forward wrapper and an attention override.
+"""Attach TACA to a ModelPatcher clone: settings, a per-forward step and an attention override.
 
-Data flows one way: the node clones the model and stores TACASettings in its
-transformer_options; an APPLY_MODEL wrapper turns them, once per forward, into a TACAStep
-(γ for this σ and where the text sits); the attention override reads that step and calls
-the pure core in taca.attention. Outside the window no step is recorded and the host's
-attention runs untouched.
+Data flows one way. The node clones the model and stores TACASettings in its
+transformer_options. Once per forward, an APPLY_MODEL wrapper turns them into a TACAStep
+(γ for this σ, and where the text sits) and hands it to a forward patch on the diffusion
+model, which passes it down in the transformer_options of that forward. The attention
+override reads the step and calls the pure core in taca.attention. Outside the window the
+step is None and the host's attention runs untouched.
+
+The step travels through the forward patch's own attribute because torch.compile may drop
+every guard on transformer_options (ComfyUI 0.33's TorchCompileModel does): what the
+compiled code reads of an attribute of the patch it guards, so a new step, a γ or a text
+length it has not seen makes it recompile instead of reusing a graph traced without them.
 """
 
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, FrozenSet, Optional, Union
 
 import torch
 
+import comfy.model_sampling
 import comfy.patcher_extension
 
 from ..taca.attention import taca_attention
-from ..taca.schedule import gamma_at, timestep_from_sigma
+from ..taca.schedule import timestep_from_sigma
 from .architectures import Family, TextLayout, family_of
+from .forward_patch import ForwardPatch, add_forward_patch
 
 SETTINGS_KEY = "taca"
 STEP_KEY = "taca_step"
 WRAPPER_KEY = "taca"
 OVERRIDE_KEY = "optimized_attention_override"
+COND, UNCOND = 0, 1  # transformer_options["cond_or_uncond"], as ComfyUI's sampler sets it
 
 
 @dataclass(frozen=True)
 class TACASettings:
-    gamma: float
-    threshold: float
+    """What a TACA node asked for: γ(t), which joint blocks, which guidance branches."""
 
-    def gamma_for(self, sigma: torch.Tensor) -> Union[float, torch.Tensor]:
-        """γ for each batch item's σ: a number when they agree (they do in ordinary sampling)."""
-        gammas = [gamma_at(timestep_from_sigma(s), self.gamma, self.threshold) for s in sigma.flatten().tolist()]
+    schedule: Callable[[float], float]  # t on the 0–1000 scale → γ
+    blocks: Optional[FrozenSet[int]] = None  # joint attention calls, in their order in a forward; None: all
+    cond_only: bool = False
+
+    def gamma_for(self, timesteps: torch.Tensor, cond_or_uncond=None) -> Union[float, torch.Tensor]:
+        """γ for each batch item's timestep: a number when they all agree (they do in ordinary sampling)."""
+        gammas = [self.schedule(t) for t in timesteps.flatten().tolist()]
+        if self.cond_only:
+            branches = cond_or_uncond or [COND]
+            per_branch = len(gammas) // len(branches)
+            gammas = [g if branches[i // per_branch] == COND else 1.0 for i, g in enumerate(gammas)]
         if all(g == gammas[0] for g in gammas):
             return gammas[0]
-        return torch.tensor(gammas, device=sigma.device)
+        return torch.tensor(gammas, device=timesteps.device)
+
+
+def paper_timesteps(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
+    """t on the paper's 0–1000 scale: 1000·σ for rectified flow, the DDPM timestep for the others."""
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return timestep_from_sigma(sigma)
+    return model_sampling.timestep(sigma)
 
 
 def taca_settings(transformer_options: dict) -> Optional[TACASettings]:
@@ -44,9 +67,12 @@ def taca_settings(transformer_options: dict) -> Optional[TACASettings]:
     return transformer_options.get(SETTINGS_KEY)
 
 
-def window_gamma(transformer_options: dict, sigma: torch.Tensor) -> Union[float, torch.Tensor]:
+def window_gamma(base_model, transformer_options: dict, sigma: torch.Tensor) -> Union[float, torch.Tensor]:
+    """γ for this forward of a BaseModel at noise level σ: 1 without a TACA node or outside its window."""
     settings = taca_settings(transformer_options)
-    return 1.0 if settings is None else settings.gamma_for(sigma)
+    if settings is None:
+        return 1.0
+    return settings.gamma_for(paper_timesteps(base_model.model_sampling, sigma), transformer_options.get("cond_or_uncond"))
 
 
 def is_identity(gamma) -> bool:
@@ -59,15 +85,17 @@ class TACAStep:
 
     layout: TextLayout
     gamma: Union[float, torch.Tensor]
-    joint_calls: int = 0
+    blocks: Optional[FrozenSet[int]] = None
+    joint_calls: int = 0  # joint calls seen so far in this forward
 
 
 class TACAOverride:
     """transformer_options["optimized_attention_override"]: TACA around the host's attention.
 
-    ComfyUI calls it as override(func, q, k, v, heads, **kwargs) with func the attention
-    function it selected. An override installed before TACA (SageAttention patches and
-    the like) is kept and called with TACA's arguments.
+    ComfyUI calls it as override(func, q, k, v, heads, [mask], **kwargs) with func the
+    attention function it selected; heads and mask come positionally or by keyword. An
+    override installed before TACA (SageAttention patches and the like) is kept and called
+    with TACA's arguments.
     """
 
     def __init__(self, previous=None):
@@ -75,60 +103,106 @@ class TACAOverride:
 
     def __call__(self, func, *args, **kwargs):
         attend = func if self.previous is None else functools.partial(self.previous, func)
-        step = kwargs["transformer_options"].get(STEP_KEY)
+        options = kwargs["transformer_options"]
+        step = options.get(STEP_KEY)
         if step is None:
             return attend(*args, **kwargs)
-        q, k, v = args[:3]
+        q, k = args[:2]
         token_dim = 2 if kwargs.get("skip_reshape", False) else 1
-        # A joint call attends the whole sequence to itself. Shorter queries are rows TACA
-        # already split off (an override between two TACA nodes hands them on), not text.
-        if q.shape[token_dim] != k.shape[token_dim] or not step.layout.is_joint(q.shape[token_dim]):
+        if not step.layout.is_joint(q.shape[token_dim], k.shape[token_dim]):
             return attend(*args, **kwargs)
+        block = step.joint_calls
         step.joint_calls += 1
+        if step.blocks is not None and block not in step.blocks:
+            return attend(*args, **kwargs)
+        mask_position = 4 if len(args) > 4 else None
+        # The two calls TACA makes carry no step: a TACA override further down the chain
+        # (TACA, another node, TACA again) hands them on untouched.
+        sub_kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: None}}
 
-        def attend_rows(q_rows, k_, v_, mask):
-            return attend(q_rows, k_, v_, *args[3:], **{**kwargs, "mask": mask})
+        def attend_rows(q_rows, k_rows, v, mask):
+            if mask_position is None:
+                return attend(q_rows, k_rows, v, *args[3:], **{**sub_kwargs, "mask": mask})
+            return attend(q_rows, k_rows, v, *args[3:mask_position], mask, *args[mask_position + 1:], **sub_kwargs)
 
         return taca_attention(
-            attend_rows, q, k, v,
+            attend_rows, q, k, args[2],
             n_text=step.layout.n_text,
             gamma=step.gamma,
             token_dim=token_dim,
             out_token_dim=2 if kwargs.get("skip_output_reshape", False) else 1,
-            mask=kwargs.get("mask"),
+            text_first=step.layout.text_first,
+            text_queries=step.layout.text_queries,
+            mask=args[mask_position] if mask_position is not None else kwargs.get("mask"),
         )
 
 
-def record_step(family: Family, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-    """APPLY_MODEL wrapper: decide γ for this σ and record where the text sits."""
-    gamma = window_gamma(transformer_options, t)
+class TACAState:
+    """The step of the forward pass running now, shared by the wrapper and the forward patch."""
+
+    step: Optional[TACAStep] = None
+
+
+class TACAForward(ForwardPatch):
+    """diffusion_model.forward: the model's forward, with this pass's step in transformer_options."""
+
+    def __init__(self, module, forward, state: TACAState):
+        super().__init__(module, forward)
+        self.state = state
+
+    def __call__(self, *args, **kwargs):
+        options = kwargs.get("transformer_options")
+        if options is not None:  # BaseModel.apply_model always passes them
+            kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: self.state.step}}
+        return self.forward(*args, **kwargs)
+
+
+def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_crossattn, control,
+                transformer_options, **kwargs):
+    """APPLY_MODEL wrapper: decide γ for this σ and where the text sits, for this forward."""
+    gamma = window_gamma(executor.class_obj, transformer_options, t)
     if is_identity(gamma) or c_crossattn is None:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-    step = TACAStep(family.layout(executor.class_obj.diffusion_model, x, c_crossattn), gamma)
-    out = executor(x, t, c_concat, c_crossattn, control, {**transformer_options, STEP_KEY: step}, **kwargs)
+    layout = family.layout(executor.class_obj.diffusion_model, x, c_crossattn, kwargs)
+    step = TACAStep(layout, gamma, taca_settings(transformer_options).blocks)
+    state.step = step
+    try:
+        out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    finally:
+        state.step = None
     if step.joint_calls == 0:
         logging.warning(
-            "TACA: no joint text-image attention call reached TACA in this step, so it had no effect. "
-            "Another node may have replaced the model's attention or blocks; place TACA after it."
+            f"TACA: no joint text-image attention call reached TACA in this step of {family.name}, so it had "
+            f"no effect. Another node may have replaced the model's attention or blocks; place TACA after it."
         )
     return out
 
 
-def apply_taca(model, gamma: float, threshold: float):
+def apply_taca(model, settings: TACASettings):
     """A clone of `model` (a ModelPatcher) with TACA attached. The input is not modified.
 
     Applying it again replaces the earlier settings; an attention override set by
     another node is chained, not replaced.
     """
     family = family_of(model)
+    if settings.blocks is not None:
+        family.check_blocks(model.model.diffusion_model, settings.blocks)
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    options[SETTINGS_KEY] = TACASettings(float(gamma), float(threshold))
+    options[SETTINGS_KEY] = settings
     previous = options.get(OVERRIDE_KEY)
     if not isinstance(previous, TACAOverride):
         options[OVERRIDE_KEY] = TACAOverride(previous)
+    state = TACAState()
+
+    def make_forward(module, previous_patch):
+        if isinstance(previous_patch, TACAForward):  # an earlier TACA node on this model: replaced
+            previous_patch = previous_patch.forward
+        return TACAForward(module, previous_patch, state)
+
+    add_forward_patch(patched, "diffusion_model", make_forward)
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, functools.partial(record_step, family)
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, functools.partial(record_step, family, state)
     )
     return patched
