@@ -1,78 +1,242 @@
-"""The MM-DiT families TACA supports, described once as data.
+"""The joint-attention families TACA supports, described once as data.
 
-Each row says how to find one family's diffusion model, how many text tokens lead its
-joint attention sequence, and which attention calls are joint. Adding a family means
-adding a row.
+Each row says how to recognise one family, how many text tokens its joint attention
+sequence holds (from what the APPLY_MODEL wrapper receives), where the text sits, how to
+tell its joint calls from its other attention calls, and its joint blocks in call order.
+Adding a family means adding a row.
+
+A family is recognised exactly: by the class name of its ComfyUI model configuration
+(comfy.supported_models), never by isinstance, so a new family that subclasses a known one
+is refused until it has a row. Rows name classes as strings, so a ComfyUI that lacks a
+family simply never matches its row.
+
+Everything except the text span is visual: image or video tokens, reference images,
+audio. Register tokens and text-side extras (byT5, Llama layers, vision tokens the text
+encoder put inside the prompt) count as text.
 """
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-import comfy.ldm.flux.model
-import comfy.ldm.modules.diffusionmodules.mmdit
+Blocks = Tuple[Tuple[str, int], ...]  # (kind, count) of joint attention calls, in the order of a forward
 
 
 @dataclass(frozen=True)
 class TextLayout:
     """Where the text sits in the joint attention calls of one forward pass.
 
-    The first `n_text` tokens are text; everything after them is visual (image tokens,
-    and the reference-image tokens of FLUX Kontext and Fill). `joint_length` is the
-    sequence length of the joint calls, or None where every attention call is joint.
+    The text is the first (`text_first`) or the last `n_text` tokens of the keys, and of the
+    queries where `text_queries`; everything else is visual. `joint_length` is the key
+    length of the joint calls, where the family has other attention calls of lengths that
+    could pass for joint ones; otherwise every call whose keys hold more than the text is
+    joint.
     """
 
     n_text: int
-    joint_length: Optional[int]
+    text_first: bool = True
+    joint_length: Optional[int] = None
+    text_queries: bool = True
 
-    def is_joint(self, seq_len: int) -> bool:
+    def is_joint(self, q_len: int, k_len: int) -> bool:
+        if self.n_text <= 0:
+            return False
         if self.joint_length is not None:
-            return seq_len == self.joint_length
-        return 0 < self.n_text < seq_len
+            return k_len == self.joint_length
+        return k_len > self.n_text and (q_len > self.n_text or not self.text_queries)
+
+
+# What a row reads: the diffusion model, the latent x as apply_model gets it, the text
+# conditioning (c_crossattn) and the other conditioning entries (the wrapper's kwargs).
+Count = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], int]
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str
-    diffusion_model: type
-    # (diffusion model, latent x, context) -> TextLayout of one forward pass
-    layout: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], TextLayout]
+    name: str  # as users know it
+    configs: Tuple[str, ...]  # comfy.supported_models class names
+    text: Count  # text tokens in the joint sequence
+    blocks: Callable[[torch.nn.Module], Blocks]
+    text_first: Union[bool, Callable[[torch.nn.Module], bool]] = True
+    visual: Optional[Count] = None  # visual tokens, for families with other calls to tell apart
+    text_queries: bool = True  # False where the text queries never reach the override
+    unet: Callable[[dict], bool] = lambda unet_config: True  # for a configuration class shared by two families
+
+    def layout(self, dm, x, context, kwargs) -> TextLayout:
+        n_text = self.text(dm, x, context, kwargs)
+        text_first = self.text_first(dm) if callable(self.text_first) else self.text_first
+        joint_length = None if self.visual is None else n_text + self.visual(dm, x, context, kwargs)
+        return TextLayout(n_text, text_first, joint_length, self.text_queries)
+
+    def block_count(self, dm) -> int:
+        return sum(n for _, n in self.blocks(dm))
 
 
-def _flux_layout(dm, x, context):
-    # Double blocks attend over cat(txt, img[, reference images]); single blocks over
-    # the same sequence. Every attention call is joint.
-    return TextLayout(n_text=context.shape[1], joint_length=None)
+# --- what the rows read ------------------------------------------------------------------
+
+def context_tokens(dm, x, context, kwargs) -> int:
+    return context.shape[1]
 
 
-def _mmdit_layout(dm, x, context):
-    # _block_mixing attends over cat(context, x). MMDiT-X (SD3.5 Medium) adds an
-    # image-only attention (attn2) in some blocks; its length lacks the text tokens.
-    n_text = context.shape[1] + dm.register_length
-    p = dm.x_embedder.patch_size[0]
-    n_image = math.ceil(x.shape[-2] / p) * math.ceil(x.shape[-1] / p)
-    return TextLayout(n_text=n_text, joint_length=n_text + n_image)
+def patch_grid(x: torch.Tensor, patch) -> int:
+    """Tokens of a latent cut into patches (one patch size per trailing axis), padded to whole patches."""
+    patch = (patch,) * 2 if isinstance(patch, int) else tuple(patch)
+    return math.prod(math.ceil(size / p) for size, p in zip(x.shape[-len(patch):], patch))
+
+
+def padded(n: int, multiple: Optional[int]) -> int:
+    return n if not multiple else math.ceil(n / multiple) * multiple
+
+
+def reference_tokens(kwargs, patch) -> int:
+    return sum(patch_grid(ref, patch) for ref in kwargs.get("ref_latents") or ())
+
+
+def lengths(*parts: str) -> Callable[[torch.nn.Module], Blocks]:
+    """Blocks from the diffusion model's ModuleLists, in call order: lengths("double_blocks", "single_blocks")."""
+    def blocks(dm) -> Blocks:
+        return tuple((name.split("_")[0], len(getattr(dm, name))) for name in parts if hasattr(dm, name))
+    return blocks
+
+
+def mmdit_text(dm, x, context, kwargs) -> int:
+    # SD3's _block_mixing attends over cat(context, x); context carries the register tokens.
+    return context.shape[1] + dm.register_length
+
+
+def nextdit_text(dm, x, context, kwargs) -> int:
+    # NextDiT with Z-Image padding puts the whole caption in, padded to pad_tokens_multiple;
+    # the NextDiT without it keeps the first num_tokens caption tokens.
+    if hasattr(dm, "pad_tokens_multiple"):
+        return padded(context.shape[1], dm.pad_tokens_multiple)
+    return int(kwargs["num_tokens"])
+
+
+def nextdit_visual(dm, x, context, kwargs) -> int:
+    if kwargs.get("ref_latents"):
+        raise ValueError(
+            "TACA does not support Z-Image with reference latents yet: their layout puts a caption per "
+            "reference into the joint sequence. Remove the reference latents, or bypass the TACA node."
+        )
+    return padded(patch_grid(x, dm.patch_size), getattr(dm, "pad_tokens_multiple", None))
+
+
+def hidream_text(dm, x, context, kwargs) -> int:
+    # T5 tokens, then the last Llama layer, then each block's own Llama layer (_forward).
+    return context.shape[1] + 2 * kwargs["encoder_hidden_states_llama3"].shape[2]
+
+
+def hunyuan_text(dm, x, context, kwargs) -> int:
+    # forward_orig joins byT5 tokens and vision tokens (1.5 I2V) to the text stream.
+    n = context.shape[1]
+    if getattr(dm, "byt5_in", None) is not None and kwargs.get("txt_byt5") is not None:
+        n += kwargs["txt_byt5"].shape[1]
+    if getattr(dm, "vision_in", None) is not None and kwargs.get("clip_fea") is not None:
+        n += kwargs["clip_fea"].shape[1]
+    return n
+
+
+def hunyuan_text_first(dm) -> bool:
+    # Older ComfyUI builds the double blocks with flipped_img_txt: image first, text last.
+    return not getattr(dm.double_blocks[0], "flipped_img_txt", False)
+
+
+def krea2_visual(dm, x, context, kwargs) -> int:
+    method = kwargs.get("ref_latents_method", getattr(dm, "default_ref_method", None))
+    return patch_grid(x, 2) + (reference_tokens(kwargs, 2) if method is not None else 0)
 
 
 FAMILIES = (
-    Family("FLUX.1 (dev, schnell, Fill, Kontext)", comfy.ldm.flux.model.Flux, _flux_layout),
-    Family("SD3 / SD3.5 (Medium, Large)", comfy.ldm.modules.diffusionmodules.mmdit.MMDiT, _mmdit_layout),
+    Family("FLUX.1 (dev, schnell, Fill, Kontext)", ("Flux", "FluxSchnell", "FluxInpaint"), context_tokens,
+           lengths("double_blocks", "single_blocks"), unet=lambda c: not c.get("yak_mlp")),
+    Family("Ovis-Image", ("FluxSchnell",), context_tokens, lengths("double_blocks", "single_blocks"),
+           unet=lambda c: bool(c.get("yak_mlp"))),
+    Family("FLUX.2 (dev, klein)", ("Flux2",), context_tokens, lengths("double_blocks", "single_blocks")),
+    Family("LongCat-Image", ("LongCatImage",), context_tokens, lengths("double_blocks", "single_blocks")),
+    Family("Chroma, Chroma Radiance", ("Chroma", "ChromaRadiance"), context_tokens,
+           lengths("double_blocks", "single_blocks")),
+    Family("SD3 / SD3.5 (Medium, Large)", ("SD3",), mmdit_text, lengths("joint_blocks"),
+           visual=lambda dm, x, context, kwargs: patch_grid(x, dm.x_embedder.patch_size)),
+    Family("AuraFlow", ("AuraFlow",), lambda dm, x, context, kwargs: dm.register_tokens.shape[1] + context.shape[1],
+           lengths("double_layers", "single_layers")),
+    Family("Qwen-Image (and Edit, Layered)", ("QwenImage",), context_tokens, lengths("transformer_blocks")),
+    Family("Mage-Flow", ("MageFlow",), context_tokens, lengths("transformer_blocks")),
+    Family("Lumina 2, Z-Image", ("Lumina2", "ZImage", "ZImagePixelSpace"), nextdit_text, lengths("layers"),
+           visual=nextdit_visual),
+    Family("OmniGen2, Boogu", ("Omnigen2", "Boogu"), context_tokens,
+           lengths("layers", "double_stream_layers", "single_stream_layers"),
+           visual=lambda dm, x, context, kwargs: patch_grid(x, 2) + reference_tokens(kwargs, 2)),
+    Family("HiDream (I1, E1)", ("HiDream",), hidream_text, lengths("double_stream_blocks", "single_stream_blocks"),
+           text_first=False),
+    Family("HiDream-O1", ("HiDreamO1",), lambda dm, x, context, kwargs: int(kwargs["ar_len"]),
+           lambda dm: (("layers", len(dm.language_model.layers)),), text_queries=False),
+    Family("HunyuanVideo (1.0, I2V, 1.5), HunyuanImage 2.1",
+           ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V", "HunyuanImage21", "HunyuanImage21Refiner",
+            "HunyuanVideo15", "HunyuanVideo15_SR_Distilled"),
+           hunyuan_text, lengths("double_blocks", "single_blocks"), text_first=hunyuan_text_first),
+    Family("Mochi", ("GenmoMochi",), lambda dm, x, context, kwargs: min(int(kwargs["num_tokens"]), context.shape[1]),
+           lengths("blocks"), text_first=False),
+    Family("CogVideoX", ("CogVideoX_T2V", "CogVideoX_I2V", "CogVideoX_Inpaint"), context_tokens, lengths("blocks")),
+    Family("JoyImage", ("JoyImage",), context_tokens, lengths("double_blocks"), text_first=False),
+    Family("Lens", ("Lens",), context_tokens, lengths("transformer_blocks"), text_first=False),
+    Family("Krea 2", ("Krea2",), context_tokens, lengths("blocks"), visual=krea2_visual),
+    Family("Ideogram 4", ("Ideogram4",), context_tokens, lengths("layers")),
+    Family("PixelDiT, PiD", ("PixelDiTT2I", "PiD"),
+           lambda dm, x, context, kwargs: min(context.shape[1], dm.txt_max_length), lengths("patch_blocks"),
+           visual=lambda dm, x, context, kwargs: patch_grid(x, dm.patch_size)),
+    Family("MiniMax H3", ("MiniMaxH3",), context_tokens, lengths("blocks")),
 )
+
+# Models whose text never shares one attention with the image: nothing for TACA to rebalance.
+CROSS_ATTENTION = {
+    "SD15": "SD1.5", "SD20": "SD2", "SD21UnclipL": "SD2.1 unCLIP", "SD21UnclipH": "SD2.1 unCLIP",
+    "SDXL": "SDXL", "SDXLRefiner": "SDXL Refiner", "SSD1B": "SSD-1B", "Segmind_Vega": "Segmind Vega",
+    "KOALA_700M": "KOALA", "KOALA_1B": "KOALA", "SD15_instructpix2pix": "SD1.5 InstructPix2Pix",
+    "SDXL_instructpix2pix": "SDXL InstructPix2Pix", "PixArtAlpha": "PixArt-α", "PixArtSigma": "PixArt-Σ",
+    "HunyuanDiT": "Hunyuan-DiT", "HunyuanDiT1": "Hunyuan-DiT", "LTXV": "LTX-Video", "LTXAV": "LTX-2",
+    "CosmosT2V": "Cosmos", "CosmosI2V": "Cosmos", "CosmosT2IPredict2": "Cosmos Predict2",
+    "CosmosI2VPredict2": "Cosmos Predict2", "Anima": "Anima", "Kandinsky5": "Kandinsky 5",
+    "Kandinsky5Image": "Kandinsky 5", "WAN21_T2V": "Wan 2.1", "WAN21_I2V": "Wan 2.1 I2V",
+    "WAN21_CausalAR_T2V": "Wan 2.1 (causal)", "WAN21_FunControl2V": "Wan 2.1 Fun Control",
+    "WAN21_Camera": "Wan 2.1 Camera", "WAN22_Camera": "Wan 2.2 Camera", "WAN21_Vace": "Wan VACE",
+    "WAN21_HuMo": "Wan HuMo", "WAN22_S2V": "Wan 2.2 S2V", "WAN22_Animate": "Wan 2.2 Animate",
+    "WAN_Animate2": "Wan Animate 2", "WAN22_T2V": "Wan 2.2", "WAN21_FlowRVS": "Wan 2.1 FlowRVS",
+    "WAN21_SCAIL": "Wan SCAIL", "WAN21_SCAIL2": "Wan SCAIL", "WAN22_WanDancer": "WanDancer",
+    "Stable_Cascade_C": "Stable Cascade", "Stable_Cascade_B": "Stable Cascade",
+}
+# Joint attention that ComfyUI's attention override never sees.
+OUT_OF_REACH = {"ErnieImage": "ERNIE-Image"}
+
+
+def describe(model) -> str:
+    """What the user loaded, in their words: 'SDXL', 'Wan 2.1', or the configuration's class name."""
+    config = type(model.model.model_config).__name__
+    for family in FAMILIES:
+        if config in family.configs and family.unet(model.model.model_config.unet_config):
+            return family.name
+    return CROSS_ATTENTION.get(config) or OUT_OF_REACH.get(config) or f"a {config} model"
 
 
 def family_of(model) -> Family:
-    """The family of a ModelPatcher's diffusion model, or a ValueError a user can act on."""
-    base = model.model
-    dm = getattr(base, "diffusion_model", None)
+    """The family of a ModelPatcher's model, or a ValueError a user can act on."""
+    config = type(model.model.model_config).__name__
+    unet_config = model.model.model_config.unet_config
     for family in FAMILIES:
-        if isinstance(dm, family.diffusion_model):
+        if config in family.configs and family.unet(unet_config):
             return family
+    loaded = describe(model)
+    if config in CROSS_ATTENTION:
+        why = (f"{loaded} reads the prompt through cross-attention only: its image tokens never share one "
+               f"attention with the text tokens, which is the balance TACA re-weights.")
+    elif config in OUT_OF_REACH:
+        why = (f"{loaded} runs a joint text-image attention, but its attention calls bypass ComfyUI's "
+               f"attention override, through which TACA works.")
+    else:
+        why = f"TACA does not know {loaded} ({type(model.model).__name__}); it has no joint text-image attention TACA knows of."
     supported = "; ".join(f.name for f in FAMILIES)
     raise ValueError(
-        f"TACA does not support this model: {type(base).__name__} "
-        f"(diffusion model {type(dm).__name__}). TACA re-weights the joint text-image "
-        f"attention of MM-DiT models and supports: {supported}. "
-        f"Connect one of those models, or bypass the TACA node for this one."
+        f"TACA cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
+        f"Connect one of those, or bypass the TACA node for this model."
     )
