@@ -3,10 +3,13 @@
 import folder_paths
 from comfy_api.latest import io
 
+from .inputs import number_in_range, one_of
 from .lora import apply_taca_lora
 
 WITH_TACA = "with TACA"
 EVERY_STEP = "every step"
+ACTIVE = (WITH_TACA, EVERY_STEP)
+STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
 
 
 class TACALoraLoader(io.ComfyNode):
@@ -31,11 +34,11 @@ class TACALoraLoader(io.ComfyNode):
                     ),
                 ),
                 io.Float.Input(
-                    "strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                    "strength", **STRENGTH,
                     tooltip="How strongly the LoRA corrects TACA's artifacts. 1.0 is the trained strength; 0 turns it off.",
                 ),
                 io.Combo.Input(
-                    "active", options=[WITH_TACA, EVERY_STEP], default=WITH_TACA,
+                    "active", options=list(ACTIVE), default=WITH_TACA,
                     tooltip=(
                         "'with TACA': on exactly the steps where the TACA node applies its temperature "
                         "(needs a TACA node on this model, in either order). 'every step': on for the whole run."
@@ -47,5 +50,7 @@ class TACALoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength, active) -> io.NodeOutput:
+        strength = number_in_range("TACALoraLoader", "strength", strength, STRENGTH["min"], STRENGTH["max"])
+        active = one_of("TACALoraLoader", "active", active, ACTIVE)
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         return io.NodeOutput(apply_taca_lora(model, path, strength, every_step=active == EVERY_STEP))

@@ -2,7 +2,12 @@
 
 from comfy_api.latest import io
 
-from .patch import apply_taca
+from ..taca.schedule import Step
+from .inputs import number_in_range
+from .patch import TACASettings, apply_taca
+
+GAMMA = {"default": 1.2, "min": 0.0, "max": 4.0, "step": 0.01}
+THRESHOLD = {"default": 970.0, "min": 0.0, "max": 1000.0, "step": 1.0}
 
 
 class TACA(io.ComfyNode):
@@ -22,7 +27,7 @@ class TACA(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A FLUX.1 (dev, schnell, Fill, Kontext), SD3 or SD3.5 model."),
                 io.Float.Input(
-                    "gamma", default=1.2, min=0.0, max=4.0, step=0.01, display_mode=io.NumberDisplay.slider,
+                    "gamma", **GAMMA, display_mode=io.NumberDisplay.slider,
                     tooltip=(
                         "γ₀: the temperature on image-query × text-key attention logits during the window. "
                         "1.0 turns TACA off. The paper uses 1.2; higher follows the prompt more strongly "
@@ -30,7 +35,7 @@ class TACA(io.ComfyNode):
                     ),
                 ),
                 io.Float.Input(
-                    "threshold", default=970.0, min=0.0, max=1000.0, step=1.0, display_mode=io.NumberDisplay.slider,
+                    "threshold", **THRESHOLD, display_mode=io.NumberDisplay.slider,
                     tooltip=(
                         "TACA applies while the timestep t ≥ threshold, on the 0–1000 scale (t = 1000·σ). "
                         "The paper's 970 covers the first few steps, where the layout is decided "
@@ -44,4 +49,6 @@ class TACA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, gamma, threshold) -> io.NodeOutput:
-        return io.NodeOutput(apply_taca(model, gamma, threshold))
+        gamma = number_in_range("TACA", "gamma", gamma, GAMMA["min"], GAMMA["max"])
+        threshold = number_in_range("TACA", "threshold", threshold, THRESHOLD["min"], THRESHOLD["max"])
+        return io.NodeOutput(apply_taca(model, TACASettings(Step(gamma, threshold))))
