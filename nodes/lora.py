@@ -21,6 +21,7 @@ import comfy.weight_adapter
 import torch
 
 from ..taca.lowrank import LowRankAdd, LowRankAdds
+from .forward_patch import ForwardPatch, add_forward_patch
 from .patch import is_identity, taca_settings, window_gamma
 
 # Prefixes the diffusers/PEFT training scripts put before the transformer's module names.
@@ -166,11 +167,12 @@ class LoRAWindow:
     active: bool = False
 
 
-class LowRankForward:
+class LowRankForward(ForwardPatch):
     """A Linear layer's forward plus the LoRA's low-rank adds while the window is active."""
 
-    def __init__(self, forward, adds: LowRankAdds, window: LoRAWindow):
-        self.forward, self.adds, self.window = forward, adds, window
+    def __init__(self, module, forward, adds: LowRankAdds, window: LoRAWindow):
+        super().__init__(module, forward)
+        self.adds, self.window = adds, window
 
     def __call__(self, x, *args, **kwargs):
         y = self.forward(x, *args, **kwargs)
@@ -178,22 +180,26 @@ class LowRankForward:
 
 
 def switch_window(window: LoRAWindow, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-    """APPLY_MODEL wrapper: turn the LoRA on for this forward if its window covers σ = t."""
-    if window.every_step:
-        active = True
-    elif taca_settings(transformer_options) is None:
-        raise ValueError(
-            "TACALoraLoader is set to be active 'with TACA', but this model has no TACA node, so the "
-            "LoRA would never switch on. Add a TACA node to the model (before or after the loader), "
-            "or set the loader's 'active' input to 'every step'."
-        )
-    else:
-        active = not is_identity(window_gamma(transformer_options, t))
-    window.active = active
+    """APPLY_MODEL wrapper: turn the LoRA on for this forward if its window covers σ = t.
+
+    'with TACA' follows the TACA node's temperature; without a TACA node (bypassed, say)
+    the temperature is never on, so neither is the LoRA.
+    """
+    window.active = window.every_step or not is_identity(window_gamma(executor.class_obj, transformer_options, t))
     try:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     finally:
         window.active = False
+
+
+def warn_without_taca(window: LoRAWindow, patcher) -> None:
+    """ON_PRE_RUN: once per sampling run, say that a 'with TACA' LoRA will stay off."""
+    if not window.every_step and taca_settings(patcher.model_options.get("transformer_options", {})) is None:
+        logging.warning(
+            "TACALoraLoader: 'active' is 'with TACA' but this model has no TACA node (bypassed or not "
+            "connected), so the LoRA stays off for this run, as TACA's temperature does. Add a TACA node "
+            "to the model to use it, or set 'active' to 'every step'."
+        )
 
 
 def apply_taca_lora(model, path: str, strength: float, every_step: bool):
@@ -204,15 +210,11 @@ def apply_taca_lora(model, path: str, strength: float, every_step: bool):
     patched = model.clone()
     window = LoRAWindow(every_step)
     for module_path, module_adds in adds.items():
-        attr = module_path + ".forward"
-        previous = patched.object_patches.get(attr)
-        if previous is None:
-            module = comfy.utils.get_attr(patched.model, module_path)
-            previous = type(module).forward.__get__(module)
-        patched.add_object_patch(attr, LowRankForward(previous, module_adds, window))
+        add_forward_patch(patched, module_path, functools.partial(LowRankForward, adds=module_adds, window=window))
 
     key = f"taca_lora_{uuid.uuid4().hex}"
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, functools.partial(switch_window, window))
+    patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, key, functools.partial(warn_without_taca, window))
 
     def release(patcher, unpatch_all=True):
         for module_adds in adds.values():
