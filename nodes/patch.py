@@ -43,23 +43,22 @@ class TACASettings:
     blocks: Optional[FrozenSet[int]] = None  # joint attention calls, in their order in a forward; None: all
     cond_only: bool = False
 
-    def gamma_for(self, timesteps: torch.Tensor, cond_or_uncond=None) -> Union[float, torch.Tensor]:
+    def gamma_for(self, timesteps: list, cond_or_uncond=None) -> Union[float, list]:
         """γ for each batch item's timestep: a number when they all agree (they do in ordinary sampling)."""
-        gammas = [self.schedule(t) for t in timesteps.flatten().tolist()]
+        gammas = [self.schedule(t) for t in timesteps]
         if self.cond_only:
             branches = cond_or_uncond or [COND]
             per_branch = len(gammas) // len(branches)
             gammas = [g if branches[i // per_branch] == COND else 1.0 for i, g in enumerate(gammas)]
-        if all(g == gammas[0] for g in gammas):
-            return gammas[0]
-        return torch.tensor(gammas, device=timesteps.device)
+        return gammas[0] if all(g == gammas[0] for g in gammas) else gammas
 
 
-def paper_timesteps(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
-    """t on the paper's 0–1000 scale: 1000·σ for rectified flow, the DDPM timestep for the others."""
+def paper_timesteps(model_sampling, sigma: torch.Tensor) -> list:
+    """Each batch item's t on the paper's 0–1000 scale: 1000·σ (in double precision) for
+    rectified flow, the DDPM timestep for the others."""
     if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return timestep_from_sigma(sigma)
-    return model_sampling.timestep(sigma)
+        return [timestep_from_sigma(s) for s in sigma.flatten().tolist()]
+    return model_sampling.timestep(sigma).flatten().tolist()
 
 
 def taca_settings(transformer_options: dict) -> Optional[TACASettings]:
@@ -72,7 +71,8 @@ def window_gamma(base_model, transformer_options: dict, sigma: torch.Tensor) -> 
     settings = taca_settings(transformer_options)
     if settings is None:
         return 1.0
-    return settings.gamma_for(paper_timesteps(base_model.model_sampling, sigma), transformer_options.get("cond_or_uncond"))
+    gamma = settings.gamma_for(paper_timesteps(base_model.model_sampling, sigma), transformer_options.get("cond_or_uncond"))
+    return torch.tensor(gamma, device=sigma.device) if isinstance(gamma, list) else gamma
 
 
 def is_identity(gamma) -> bool:
