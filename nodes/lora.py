@@ -132,6 +132,13 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
                 f"TACALoraLoader: '{name}' holds a '{kind}' patch for {key}; this loader applies plain "
                 f"low-rank LoRA layers only (the format of the TACA LoRAs). Load this file with ComfyUI's LoraLoader."
             )
+        module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
+        if not key.endswith(".weight") or not isinstance(module, torch.nn.Linear):
+            raise ValueError(
+                f"TACALoraLoader: '{name}' has a LoRA for {key}, which is not the weight of a Linear layer "
+                f"({type(module).__name__}); this loader adds LoRA beside Linear layers, as the TACA LoRAs are. "
+                f"Load this file with ComfyUI's LoraLoader."
+            )
         up, down, file_alpha = patch.weights[:3]
         up, down = up.flatten(1), down.flatten(1)
         if function is not None:
