@@ -1,8 +1,10 @@
-"""Tiny random-weight FLUX.1, SD3 and SD3.5 models, built and sampled by a real ComfyUI.
+"""Tiny random-weight models, built and sampled by a real ComfyUI, and the tests' sampling helpers.
 
 The models have the real ComfyUI classes and forward code, only narrow (hidden size 128,
 two heads of 64, two joint attention blocks) and with seeded random weights, so a sampling
 run takes well under a second on a CPU. Nothing is downloaded and nothing is written to disk.
+One module per joint-attention family lives in tiny_families/; this module keeps the FLUX.1
+and SD3 shortcuts the FLUX- and SD3-specific tests use, and the helpers all of them share.
 
 ComfyUI must be importable before this module is imported. `conftest.py` in this folder
 arranges that for the tests; a script does the same in this order:
@@ -22,9 +24,9 @@ Models, each a fresh `comfy.model_patcher.ModelPatcher` in fp32:
     MODELS                   {name: builder} of the four supported layouts
 
 The SD3 family goes through `comfy.sd.load_diffusion_model_state_dict`, so ComfyUI's own
-detection reads them from the state-dict shapes. FLUX, SD1.5 and Wan detection fixes the
-real sizes, so those are built from their `comfy.supported_models` config with the steps
-that loader takes after detection.
+detection reads them from the state-dict shapes. The other detections fix the real sizes, so
+those models are built from their `comfy.supported_models` config with the steps that loader
+takes after detection (build_from_config).
 
 Inputs and sampling:
 
@@ -36,6 +38,10 @@ Inputs and sampling:
     with_attention_override(model, fn)   a clone whose attention calls go through fn, as another node would set it
     with_attention_backend(model, name)  a clone whose attention runs ComfyUI's backend `name`
     randomize_weights(module, seed)      fill every parameter and stored buffer: norms 1 and 0, the rest random
+    build_from_config(config, unet, seed)  a model of a comfy.supported_models class, random weights
+    text_conditioning(n_text, width, ...)  conditioning as a text encoder gives it
+    patch_tokens(latent, patch)          image tokens of a latent cut into patches
+    timestep(model, sigma)               t on the paper's 0–1000 scale for the model's sampling
 """
 
 import math
@@ -44,6 +50,7 @@ import torch
 
 import comfy.ldm.modules.attention
 import comfy.model_management
+import comfy.model_sampling
 import comfy.model_patcher
 import comfy.sample
 import comfy.samplers
@@ -84,7 +91,7 @@ def randomize_weights(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def _build(config_class, unet_config: dict, seed: int) -> comfy.model_patcher.ModelPatcher:
+def build_from_config(config_class, unet_config: dict, seed: int) -> comfy.model_patcher.ModelPatcher:
     """What comfy.sd.load_diffusion_model_state_dict does once it has a config, with random weights."""
     config = config_class(unet_config)
     config.set_inference_dtype(torch.float32, None)
@@ -97,51 +104,44 @@ def _build(config_class, unet_config: dict, seed: int) -> comfy.model_patcher.Mo
     )
 
 
+def text_conditioning(n_text: int, width: int, seed: int = 0, pooled=None, **extra) -> list:
+    """ComfyUI conditioning as a text encoder gives it: (1, n_text, width) tokens, a pooled
+    vector of size `pooled` (if any) and further entries (guidance, ...)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(1, n_text, width, generator=generator)
+    options = dict(extra)
+    if pooled:
+        options["pooled_output"] = torch.randn(1, pooled, generator=generator)
+    return [[tokens, options]]
+
+
+def patch_tokens(latent: torch.Tensor, patch: int) -> int:
+    """Image tokens of a (B, C, H, W) latent cut into patch × patch pieces, padded to whole patches."""
+    return math.ceil(latent.shape[-2] / patch) * math.ceil(latent.shape[-1] / patch)
+
+
 def tiny_flux(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    return _build(comfy.supported_models.Flux, {
-        "image_model": "flux", "guidance_embed": True,
-        "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "patch_size": 2,
-        "vec_in_dim": FLUX_POOLED_WIDTH, "context_in_dim": TEXT_WIDTH,
-        "hidden_size": HIDDEN, "num_heads": HIDDEN // 64, "mlp_ratio": 4.0,
-        "depth": 1, "depth_single_blocks": 1,
-        "axes_dim": [16, 24, 24], "theta": 10000, "qkv_bias": True,
-    }, seed)
-
-
-def _tiny_mmdit(seed: int, qk_norm: bool, x_block_self_attn_layers: list) -> comfy.model_patcher.ModelPatcher:
-    depth = HIDDEN // 64
-    weights = _build(comfy.supported_models.SD3, {
-        "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "patch_size": 2, "depth": depth,
-        "adm_in_channels": SD3_POOLED_WIDTH,
-        "context_embedder_config": {
-            "target": "torch.nn.Linear", "params": {"in_features": TEXT_WIDTH, "out_features": HIDDEN},
-        },
-        "pos_embed_max_size": 32, "num_patches": 32 * 32, "pos_embed_scaling_factor": None,
-        "qk_norm": "rms" if qk_norm else None,
-        "x_block_self_attn_layers": x_block_self_attn_layers,
-    }, seed).model.diffusion_model.state_dict()
-    model = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.float32})
-    detected = model.model.model_config.unet_config
-    assert (detected["depth"], detected.get("qk_norm"), detected["x_block_self_attn_layers"]) == (
-        depth, "rms" if qk_norm else None, x_block_self_attn_layers,
-    ), f"ComfyUI detected an unexpected MMDiT layout: {detected}"
-    return model
+    from tiny_families import flux
+    return flux.build(seed)
 
 
 def tiny_sd3(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    return _tiny_mmdit(seed, qk_norm=False, x_block_self_attn_layers=[])
+    from tiny_families import sd3
+    return sd3.build(seed, qk_norm=False, x_block_self_attn_layers=[])
 
 
 def tiny_sd35_large(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    return _tiny_mmdit(seed, qk_norm=True, x_block_self_attn_layers=[])
+    from tiny_families import sd3
+    return sd3.build(seed, qk_norm=True, x_block_self_attn_layers=[])
 
 
 def tiny_sd35_medium(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    return _tiny_mmdit(seed, qk_norm=True, x_block_self_attn_layers=list(range(HIDDEN // 64)))
+    from tiny_families import sd3
+    return sd3.build(seed, qk_norm=True, x_block_self_attn_layers=list(range(HIDDEN // 64)))
 
 
 def tiny_sd15(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    return _build(comfy.supported_models.SD15, {
+    return build_from_config(comfy.supported_models.SD15, {
         "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
         "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
         "transformer_depth_middle": 1, "context_dim": 768, "use_linear_in_transformer": False,
@@ -150,7 +150,7 @@ def tiny_sd15(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
 
 
 def tiny_wan(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    return _build(comfy.supported_models.WAN21_T2V, {
+    return build_from_config(comfy.supported_models.WAN21_T2V, {
         "image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2),
         "in_dim": LATENT_CHANNELS, "out_dim": LATENT_CHANNELS, "dim": HIDDEN, "ffn_dim": 2 * HIDDEN,
         "freq_dim": 256, "text_dim": TEXT_WIDTH, "num_heads": HIDDEN // 64, "num_layers": 1,
@@ -186,9 +186,9 @@ def image_tokens(model, latent: torch.Tensor) -> int:
     return math.ceil(latent.shape[-2] / p) * math.ceil(latent.shape[-1] / p)
 
 
-def empty_latent(height: int, width: int, batch: int = 1) -> torch.Tensor:
+def empty_latent(height: int, width: int, batch: int = 1, channels: int = LATENT_CHANNELS) -> torch.Tensor:
     """An empty latent of height × width latent pixels (1/8 of the image size)."""
-    return torch.zeros(batch, LATENT_CHANNELS, height, width)
+    return torch.zeros(batch, channels, height, width)
 
 
 def sigmas(model, steps: int, scheduler: str = "simple", sampler_name: str = "euler",
@@ -197,6 +197,14 @@ def sigmas(model, steps: int, scheduler: str = "simple", sampler_name: str = "eu
     return comfy.samplers.KSampler(
         model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler, denoise=denoise,
     ).sigmas
+
+
+def timestep(model, sigma: float) -> float:
+    """t on the paper's 0–1000 scale: 1000·σ for rectified-flow models, the DDPM timestep for others."""
+    model_sampling = model.get_model_object("model_sampling")
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return 1000 * float(sigma)
+    return float(model_sampling.timestep(torch.tensor([float(sigma)])))
 
 
 def sample(model, positive, negative, latent, steps: int = 4, cfg: float = 3.0, seed: int = 0,
