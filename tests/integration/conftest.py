@@ -100,3 +100,19 @@ def torch_compile():
     torch._dynamo.utils.counters.clear()
     yield lambda model: TorchCompileModel.execute(model=model, backend="inductor").result[0]
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def loras(tmp_path, monkeypatch):
+    """A `loras` folder for this test: write(name, state_dict, metadata) saves a file into it."""
+    import folder_paths
+    import safetensors.torch
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors"}))
+
+    def write(name, sd, metadata=None):
+        safetensors.torch.save_file(sd, str(tmp_path / name), metadata=metadata)
+        return name
+
+    write.path = tmp_path
+    return write

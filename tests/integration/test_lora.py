@@ -1,82 +1,26 @@
 """TACALoraLoader in a real ComfyUI: the official TACA LoRA, applied at forward time.
 
-The LoRA files are synthetic, written at test time in the official format (diffusers/PEFT
-keys `transformer.<module>.lora_A/lora_B.weight`, no alpha tensors) for the target modules
-of the diffusers training scripts. The reference is ComfyUI's own merged LoRA
-(LoraLoaderModelOnly at the same strength).
+The LoRA files are synthetic, written at test time (tiny_loras.py): in the official format
+for FLUX.1 and SD3.5-Medium, and on every layer ComfyUI's key map knows for each other family
+(test_families_lora.py). The reference is ComfyUI's own merged LoRA (LoraLoaderModelOnly at
+the same strength).
 """
 
 import json
 import logging
 
 import pytest
-import safetensors.torch
 import torch
-from torch._dynamo.utils import counters
 
-import comfy.lora
 import comfy.model_management
-import comfy.patcher_extension
 import comfy.sample
 import comfy.sd
-import folder_paths
 import nodes
 
-from tiny_models import conditioning, empty_latent, sigmas, tiny_flux, tiny_sd3, tiny_sd35_medium, with_attention_backend
+from tiny_loras import FLUX_TARGETS, SD3_TARGETS, lora_loader, merged_lora, official_lora
+from tiny_models import conditioning, empty_latent, sigmas, tiny_flux, tiny_sd3, tiny_sd35_medium
 
-# Target modules of diffusers' train_dreambooth_lora_flux.py and train_dreambooth_lora_sd3.py.
-FLUX_TARGETS = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-)
-SD3_TARGETS = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-)
 BUILDERS = {"flux": (tiny_flux, FLUX_TARGETS), "sd3.5-medium": (tiny_sd35_medium, SD3_TARGETS)}
-STRENGTH = 0.8
-
-
-def official_lora(model, targets, rank=4, seed=0, prefix="transformer.") -> dict:
-    """A LoRA state dict in the official TACA format for `model`, on the training scripts' targets."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    weights = model.model.state_dict()
-    generator = torch.Generator().manual_seed(seed)
-    lora = {}
-    for name, target in sorted(key_map.items()):
-        weight_key, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
-        rows = offset[2] if offset else None
-        if not name.startswith("transformer.") or not name.endswith(targets) or weight_key not in weights:
-            continue
-        weight = weights[weight_key]
-        stem = prefix + name[len("transformer."):]
-        lora[f"{stem}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=generator) * 0.2
-        lora[f"{stem}.lora_B.weight"] = torch.randn(rows or weight.shape[0], rank, generator=generator) * 0.2
-    assert lora, "no target module found"
-    return lora
-
-
-@pytest.fixture
-def loras(tmp_path, monkeypatch):
-    """A `loras` folder for this test: write(name, state_dict, metadata) saves a file into it."""
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors"}))
-
-    def write(name, sd, metadata=None):
-        safetensors.torch.save_file(sd, str(tmp_path / name), metadata=metadata)
-        return name
-
-    write.path = tmp_path
-    return write
-
-
-def lora_loader(model, lora_name, strength=STRENGTH, active="with TACA"):
-    node = nodes.NODE_CLASS_MAPPINGS["TACALoraLoader"]
-    return node.execute(model=model, lora_name=lora_name, strength=strength, active=active).result[0]
-
-
-def merged_lora(model, lora_name, strength=STRENGTH):
-    return nodes.LoraLoaderModelOnly().load_lora_model_only(model, lora_name, strength)[0]
 
 
 def run(model, steps=4, schedule=None, latent=None, add_noise=True, seed=0):
@@ -128,25 +72,6 @@ def test_outside_the_window_bit_identical_to_no_lora(family, loras, taca):
     with_lora = run(taca(lora_loader(model, name), 1.2, threshold), schedule=later, latent=start)
     without = run(taca(model, 1.2, threshold), schedule=later, latent=start)
     assert torch.equal(with_lora, without)
-
-
-@pytest.mark.parametrize("family", BUILDERS)
-def test_under_torch_compile_matches_eager(family, loras, taca, torch_compile):
-    # ComfyUI's TorchCompileModel behind TACA and the loader, or in front of them: the
-    # compiled model samples as the eager one does, within inductor's fp32 reordering
-    # (about 2e-4 here), and with PyTorch SDPA torch.compile meets no graph break.
-    build, targets = BUILDERS[family]
-    model = with_attention_backend(build(), "pytorch")
-    name = loras(f"taca_{family}.safetensors", official_lora(model, targets))
-    threshold = threshold_after_steps(model, 4, 2)
-    eager = run(lora_loader(taca(model, 1.2, threshold), name))
-    compiled_taca_alone = run(torch_compile(taca(model, 1.2, threshold)))
-    for order, patched in (("TorchCompileModel last", torch_compile(lora_loader(taca(model, 1.2, threshold), name))),
-                           ("TorchCompileModel first", lora_loader(taca(torch_compile(model), 1.2, threshold), name))):
-        out = run(patched)
-        assert (out - eager).abs().max() <= 1e-3, order
-        assert (out - compiled_taca_alone).abs().max() > 5e-2, f"{order}: the LoRA had no effect"
-    assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
 
 
 @pytest.mark.parametrize("family", BUILDERS)
@@ -340,3 +265,17 @@ def test_node_schema():
     assert inputs["strength"].default == 1.0
     assert inputs["active"].default == "with TACA"
     assert all(i.tooltip for i in schema.inputs)
+
+
+def test_lora_on_a_layer_that_is_not_linear(loras):
+    """HiDream's MoE gate weight is in ComfyUI's key map, but no Linear layer computes with it."""
+    from tiny_families import hidream
+
+    model = hidream.build()
+    (gate,) = [k for k in model.model.state_dict() if k.endswith("double_stream_blocks.0.block.ff_i.gate.weight")]
+    stem = gate[:-len(".weight")]
+    rows, cols = model.model.state_dict()[gate].shape
+    lora = {f"{stem}.lora_A.weight": torch.zeros(2, cols), f"{stem}.lora_B.weight": torch.zeros(rows, 2)}
+    with pytest.raises(ValueError) as error:
+        lora_loader(model, loras("gate.safetensors", lora))
+    assert "gate.safetensors" in str(error.value) and "not the weight of a Linear layer" in str(error.value)
