@@ -1,6 +1,7 @@
 """The TACA node as ComfyUI sees it: registration, schema, errors, and a run through ComfyUI's executor."""
 
 import asyncio
+import inspect
 
 import pytest
 import safetensors.torch
@@ -12,7 +13,7 @@ import execution
 import folder_paths
 import nodes
 
-from tiny_models import conditioning, empty_latent, sample, tiny_sd3, tiny_sd15, tiny_wan
+from tiny_models import conditioning, empty_latent, sample, tiny_flux, tiny_sd3, tiny_sd15, tiny_wan
 
 
 def test_registered_with_its_inputs_and_tooltips(taca_node):
@@ -31,15 +32,38 @@ def test_registered_with_its_inputs_and_tooltips(taca_node):
     assert info["description"]
 
 
-@pytest.mark.parametrize("builder", [tiny_sd15, tiny_wan], ids=["sd1.5-unet", "wan2.1-dit"])
-def test_unsupported_model_is_refused_with_a_clear_error(builder, taca):
-    model = builder()
+@pytest.mark.parametrize("builder,loaded", [(tiny_sd15, "SD1.5"), (tiny_wan, "Wan 2.1")], ids=["sd1.5-unet", "wan2.1-dit"])
+def test_cross_attention_model_is_refused_naming_it_and_why(builder, loaded, taca):
     with pytest.raises(ValueError) as error:
-        taca(model, 1.2, 970.0)
+        taca(builder(), 1.2, 970.0)
     message = str(error.value)
-    assert type(model.model).__name__ in message
-    assert type(model.model.diffusion_model).__name__ in message
-    assert "FLUX.1" in message and "SD3" in message and "SD3.5" in message
+    assert loaded in message and "cross-attention" in message  # what the user loaded, and why it cannot work
+    assert "FLUX.1" in message and "SD3" in message and "Qwen-Image" in message  # what is supported
+    assert "bypass" in message  # what to do
+
+
+def test_joint_model_beyond_the_attention_override_is_refused_saying_why(taca):
+    from tiny_families import ernie_image
+
+    if not ernie_image.available():
+        pytest.skip("ERNIE-Image: not in this ComfyUI")
+    with pytest.raises(ValueError) as error:
+        taca(ernie_image.build(), 1.2, 970.0)
+    assert "ERNIE-Image" in str(error.value) and "attention override" in str(error.value)
+
+
+def test_a_new_family_that_subclasses_a_known_one_is_refused(taca):
+    # A future model whose configuration subclasses FLUX.1's is not FLUX.1: TACA cannot know
+    # where its text sits, so it refuses it instead of treating it as FLUX.1.
+    import comfy.supported_models
+
+    class FutureFlux(comfy.supported_models.Flux):
+        pass
+
+    model = tiny_flux()
+    model.model.model_config.__class__ = FutureFlux
+    with pytest.raises(ValueError, match="FutureFlux"):
+        taca(model, 1.2, 970.0)
 
 
 class RandomConditioning:
@@ -97,6 +121,15 @@ def host(tmp_path, monkeypatch):
     return models, output
 
 
+def prompt_executor():
+    """ComfyUI's executor with its classic cache; 0.33 also needs cache_args, as main.py gives them."""
+    takes = inspect.signature(execution.PromptExecutor).parameters
+    if "cache_args" not in takes:
+        return execution.PromptExecutor(Messages())
+    return execution.PromptExecutor(Messages(), cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
+
+
 def validate(prompt):
     return asyncio.run(execution.validate_prompt("taca-test", prompt, None))
 
@@ -109,7 +142,7 @@ def test_runs_in_a_comfyui_graph(host, taca):
 
     valid, error, outputs, node_errors = validate(prompt)
     assert valid, (error, node_errors)
-    executor = execution.PromptExecutor(Messages())
+    executor = prompt_executor()
     executor.execute(prompt, "taca-test", {}, outputs)
     assert executor.success, executor.status_messages
     (saved,) = output.rglob("*.latent")

@@ -1,39 +1,61 @@
-"""TACA composes with ComfyUI's TorchCompileModel node, placed before or after it.
+"""TACA and its LoRA loader compose with ComfyUI's TorchCompileModel node, before or after it.
 
-torch.compile traces TACA's attention override into the compiled diffusion model. With
-PyTorch SDPA, the attention ComfyUI picks on a GPU, the model compiles without a graph
-break, inside the window and outside it.
+ComfyUI 0.33's TorchCompileModel drops every torch.compile guard on transformer_options. TACA
+hands each forward's step to the compiled code through a forward patch on the diffusion
+model, whose attributes torch.compile guards: entering or leaving the window recompiles
+instead of replaying a graph traced on the other side of it. The cases:
+- TACA, and TACA with its LoRA ('with TACA'), with TorchCompileModel before or after them;
+- a window of two of four steps, so every run crosses the boundary;
+- a fresh compile, and a process where the same base model was first compiled and sampled
+  without TACA (a graph traced without TACA is cached for it).
+Each run equals eager TACA within inductor's fp32 reordering and differs clearly from the
+untouched model. With PyTorch SDPA, the attention ComfyUI picks on a GPU, torch.compile meets
+no graph break.
 """
 
 import pytest
 from torch._dynamo.utils import counters
 
+from reference import max_difference
+from tiny_loras import FLUX_TARGETS, SD3_TARGETS, lora_loader, official_lora
 from tiny_models import MODELS, conditioning, empty_latent, sample, sigmas, with_attention_backend
 
 STEPS = 4
 GAMMA = 1.3
+TARGETS = {"flux": FLUX_TARGETS, "sd3.5-medium": SD3_TARGETS}
 # Inductor reorders fp32 arithmetic: compiled and eager sampling differ by about 2e-4 on
 # these models, with TACA and without it.
 TOLERANCE = 1e-3
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
-def test_taca_before_or_after_torch_compile_matches_eager_taca(family, taca, torch_compile):
+@pytest.mark.parametrize("history", ["fresh", "compiled-without-taca-first"])
+@pytest.mark.parametrize("family", list(TARGETS))
+def test_taca_and_its_lora_under_torch_compile_match_eager(family, history, taca, torch_compile, loras):
     model = with_attention_backend(MODELS[family](seed=1), "pytorch")
     latent = empty_latent(8, 8)
     positive, negative = conditioning(model, 20, seed=2), conditioning(model, 20, seed=3)
     s = sigmas(model, STEPS)
     threshold = 500 * float(s[1] + s[2])  # the window is the first two of the four steps
+    lora = loras(f"taca_{family}.safetensors", official_lora(model, TARGETS[family]))
 
     def run(m):
         return sample(m, positive, negative, latent, steps=STEPS)
 
-    eager = run(taca(model, GAMMA, threshold))
-    compiled_without_taca = run(torch_compile(model))
-    for order, patched in (("TACA after TorchCompileModel", taca(torch_compile(model), GAMMA, threshold)),
-                           ("TACA before TorchCompileModel", torch_compile(taca(model, GAMMA, threshold)))):
-        out = run(patched)
-        error, effect = (out - eager).abs().max().item(), (out - compiled_without_taca).abs().max().item()
-        assert error <= TOLERANCE, f"{order}: differs from eager TACA by {error}"
-        assert effect > 50 * TOLERANCE, f"{order}: TACA changed the compiled model's output by only {effect}"
+    def with_taca(m):
+        return taca(m, GAMMA, threshold)
+
+    def with_both(m):
+        return lora_loader(taca(m, GAMMA, threshold), lora)
+
+    untouched = run(model)
+    if history == "compiled-without-taca-first":
+        run(torch_compile(model))
+    for name, patch in (("TACA", with_taca), ("TACA + LoRA", with_both)):
+        eager = run(patch(model))
+        for order, patched in (("after TorchCompileModel", patch(torch_compile(model))),
+                               ("before TorchCompileModel", torch_compile(patch(model)))):
+            out = run(patched)
+            error, effect = max_difference(out, eager), max_difference(out, untouched)
+            assert error <= TOLERANCE, f"{name} {order}: differs from eager by {error}"
+            assert effect > 50 * TOLERANCE, f"{name} {order}: changed the compiled model's output by only {effect}"
     assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
