@@ -168,7 +168,9 @@ def fits(weight: torch.Tensor, adds) -> bool:
 
 @dataclass
 class LoRAWindow:
-    """Whether the LoRA is on for the forward pass running now."""
+    """Whether the LoRA is on: on every use of its layers (as a merged LoRA is, also where a
+    model runs some of them outside its forward passes, as MiniMax H3's text refiner does), or
+    in the forward passes where TACA's temperature is on."""
 
     every_step: bool
     active: bool = False
@@ -183,7 +185,7 @@ class LowRankForward(ForwardPatch):
 
     def __call__(self, x, *args, **kwargs):
         y = self.forward(x, *args, **kwargs)
-        return self.adds.add_to(y, x) if self.window.active else y
+        return self.adds.add_to(y, x) if self.window.every_step or self.window.active else y
 
 
 def switch_window(window: LoRAWindow, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
@@ -192,7 +194,7 @@ def switch_window(window: LoRAWindow, executor, x, t, c_concat, c_crossattn, con
     'with TACA' follows the TACA node's temperature; without a TACA node (bypassed, say)
     the temperature is never on, so neither is the LoRA.
     """
-    window.active = window.every_step or not is_identity(window_gamma(executor.class_obj, transformer_options, t))
+    window.active = not window.every_step and not is_identity(window_gamma(executor.class_obj, transformer_options, t))
     try:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     finally:

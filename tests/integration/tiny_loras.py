@@ -51,8 +51,10 @@ def official_lora(model, targets, rank=4, seed=0, prefix="transformer.") -> dict
 
 
 def generic_lora(model, rank=4, seed=0) -> dict:
-    """A LoRA on every Linear layer that ComfyUI's key map names `diffusion_model.<module>`."""
-    return _lora(model, lambda name: name.startswith("diffusion_model."), rank, seed, 0.05)
+    """A LoRA on every Linear layer that ComfyUI's key map names `diffusion_model.<module>`, each once
+    (not the diffusers names some maps give the same prefix, which land on slices of fused layers)."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    return _lora(model, lambda name: name.startswith("diffusion_model.") and isinstance(key_map[name], str), rank, seed, 0.05)
 
 
 def lora_loader(model, lora_name, strength=STRENGTH, active="with TACA"):
