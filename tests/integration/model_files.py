@@ -15,8 +15,8 @@ workflows use, with seeded random weights, and as small as ComfyUI's detection a
 
 T5-XXL (and CLIP-G) are not built: see SUBSTITUTED_LOADERS.
 
-The files are cached under the system temp folder, keyed by CACHE_VERSION; bump it when a
-builder changes. Building needs ComfyUI importable in-process (conftest.py arranges that).
+The files (about 1.7 GB) are cached under the folder TACA_TEST_MODEL_CACHE names, or the system
+temp folder, keyed by CACHE_VERSION; bump it when a builder changes. Building needs ComfyUI importable in-process (conftest.py arranges that).
 """
 
 import copy
@@ -81,6 +81,7 @@ def model_files() -> Path:
     """The folder of built model files (models/ layout), built on first use."""
     if (CACHE / "complete").is_file():
         return CACHE
+    CACHE.parent.mkdir(parents=True, exist_ok=True)  # TACA_TEST_MODEL_CACHE may name a folder not made yet
     staging = Path(tempfile.mkdtemp(prefix=CACHE.name + ".", dir=CACHE.parent))
     try:
         for rel, (sd, metadata) in _build_all().items():
