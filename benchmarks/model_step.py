@@ -30,11 +30,15 @@ the ratio to the baseline of the same run:
                                        outside its window against TACA alone, on the same blocks
                                        at the least width with one image and one text token: the
                                        per-step difference in microseconds
+    compiled                           ComfyUI's TorchCompileModel (inductor) on TACA inside and
+                                       outside its window, against TorchCompileModel without TACA
+                                       (use --attention pytorch: ComfyUI's CPU default, sub-quadratic
+                                       attention, breaks torch.compile's graph at every call)
 
 and the peak memory of a one-step run with TACA on against no TACA.
 
 Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick] [--real]
-[--comparisons memory per-step 30-steps overhead]. Results go to
+[--comparisons memory per-step 30-steps overhead compiled]. Results go to
 benchmarks/results/model_step-<device>[-real][-<attention>][-<comparisons>][-<N>-threads][-quick].{json,md}.
 """
 
@@ -76,7 +80,7 @@ def parse_options():
     return parser.parse_args()
 
 
-COMPARISONS = ("memory", "per-step", "30-steps", "overhead")
+COMPARISONS = ("memory", "per-step", "30-steps", "overhead", "compiled")
 ATTENTION_FLAGS = {"comfyui": None, "pytorch": "use_pytorch_cross_attention", "sub_quad": "use_quad_cross_attention",
                    "split": "use_split_cross_attention"}
 OPTIONS = parse_options()
@@ -345,6 +349,17 @@ def main(opts):
             overheads.append((family, "+ LoRA outside its window − TACA alone",
                               summarize_difference(r, "lora_out", "taca_out")))
             del base
+        if "compiled" in opts.comparisons:
+            print(f"[{family}] TorchCompileModel: TACA inside / outside its window vs no TACA", flush=True)
+            from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+            def compiled(m):
+                return TorchCompileModel.execute(model=m, backend="inductor").result[0]
+
+            r = compare({"off": compiled(model), "taca": compiled(taca(model, 0.0)), "taca_out": compiled(taca(model, 1001.0))},
+                        spec, steps=4, rounds=rounds)
+            rows.append((family, "compiled, per step: TACA on (every step in window) / off", summarize(r, "taca", "off")))
+            rows.append((family, "compiled, per step: TACA outside its window / off", summarize(r, "taca_out", "off")))
         del model
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()

@@ -76,6 +76,9 @@ NODE_BOXES_JS = """
 RENDERED_HEADINGS_JS = """
 () => [...document.querySelectorAll('h1, h2, h3')].filter(e => e.offsetParent !== null).map(e => e.innerText.trim())
 """
+CLEAR_ERRORS_JS = """
+(ids) => { window.app.graph.nodes.filter(n => ids.includes(String(n.id))).forEach(n => { n.has_errors = false; }); window.app.graph.setDirtyCanvas(true, true); }
+"""
 # Ctrl+B on every node of a type: LiteGraph's bypass mode (4).
 BYPASS_JS = """
 (type) => { window.app.graph.nodes.filter(n => n.type === type).forEach(n => { n.mode = 4; }); window.app.graph.setDirtyCanvas(true, true); }
@@ -230,6 +233,9 @@ def test_workflow_loads_without_dialogs_and_runs_from_the_ui(page, server, name)
     assert theirs == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in ours.items()}
     assert len(ours) == len([n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY])
 
+    # The screenshot shows the workflow as a user who has every file sees it: no error outline
+    # on the loaders of the files this test server lacks on purpose.
+    page.evaluate(CLEAR_ERRORS_JS, sorted(lacking))
     save_screenshot(page, name)
     if (WORKFLOWS / f"{name}.jpg").is_file():
         thumbnail = server.client.get_bytes(f"/api/workflow_templates/{PACK_FOLDER}/{name}.jpg")
@@ -269,3 +275,16 @@ def run_from_the_ui(page, server) -> np.ndarray:
     page.wait_for_function("window.app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs && n.imgs.length > 0)", timeout=30_000)
     page.wait_for_timeout(500)
     return image
+
+
+def test_the_templates_sidebar_lists_the_examples_under_the_pack(page, server):
+    # What the README tells users to open: the Templates button of the left toolbar, then the
+    # pack's entry (its folder name).
+    page.keyboard.press("Escape")
+    page.locator('button[aria-label="Templates"]').first.click()
+    page.locator(f"text={PACK_FOLDER}").first.click()
+    page.wait_for_timeout(1500)
+    listed = page.evaluate("""() => [...document.querySelectorAll('h3')].filter(e => e.offsetParent !== null).map(e => e.innerText.trim())""")
+    page.screenshot(path=str(SCREENSHOTS / "templates.png"))
+    page.keyboard.press("Escape")
+    assert set(SHIPPED) <= set(listed), listed
