@@ -21,7 +21,7 @@ Each comparison runs its variants interleaved, several times, and reports median
 the ratio to the baseline of the same run:
 
     per step, TACA                     TACA inside its window on every step (threshold 0), and
-                                       outside it on every step (threshold above 1000), against
+                                       outside it on every step (γ₀ = 1, the same path), against
                                        no TACA
     per step, LoRA                     TACA + TACALoraLoader inside its window and outside it,
                                        against TACA alone
@@ -103,6 +103,7 @@ import nodes  # noqa: E402
 import safetensors.torch  # noqa: E402
 
 from peak_memory import allocation_peak_cpu, allocation_peak_cuda  # noqa: E402  (this folder)
+from tiny_families.flux import flux_params  # noqa: E402  (0.33's FluxParams needs txt_ids_dims)
 from tiny_models import randomize_weights  # noqa: E402
 
 TEXT_WIDTH = 4096
@@ -128,7 +129,7 @@ SD3_COMMON = {
 
 def flux_spec(size, n_text, **unet):
     return dict(config=comfy.supported_models.Flux, size=size, n_text=n_text, pooled=768, extra={"guidance": 3.5},
-                unet={**FLUX_COMMON, **unet}, lora_targets=FLUX_LORA_TARGETS)
+                unet=flux_params({**FLUX_COMMON, **unet}), lora_targets=FLUX_LORA_TARGETS)
 
 
 def sd35m_spec(size, n_text, depth, self_attn_blocks, pos_embed_max_size):
@@ -303,6 +304,12 @@ def main(opts):
     def taca(model, threshold):
         return taca_node.execute(model=model, gamma=1.2, threshold=threshold).result[0]
 
+    def taca_outside(model):
+        # Outside its window on every step. γ₀ = 1 takes the same path as a step below the
+        # threshold (γ(t) = 1: the host's attention runs untouched) and needs no threshold
+        # beyond the node's range.
+        return taca_node.execute(model=model, gamma=1.0, threshold=0.0).result[0]
+
     def lora(model, name):
         return lora_node.execute(model=model, lora_name=name, strength=1.0, active="with TACA").result[0]
 
@@ -327,7 +334,7 @@ def main(opts):
             print(f"[{family}] per step: TACA inside / outside its window, with and without the LoRA", flush=True)
             name = write_lora(model, spec, folder)
             r = compare({"off": model, "taca": taca(model, 0.0), "lora_in": lora(taca(model, 0.0), name),
-                         "taca_out": taca(model, 1001.0), "lora_out": lora(taca(model, 1001.0), name)},
+                         "taca_out": taca_outside(model), "lora_out": lora(taca_outside(model), name)},
                         spec, steps=4, rounds=rounds)
             rows.append((family, "per step: TACA on (every step in window) / off", summarize(r, "taca", "off")))
             rows.append((family, "per step: TACA outside its window / off", summarize(r, "taca_out", "off")))
@@ -343,7 +350,7 @@ def main(opts):
             small = minimal(spec)
             base = build(small, dtype)
             name = write_lora(base, small, folder, filename="taca_bench_minimal.safetensors")
-            r = compare({"off": base, "taca_out": taca(base, 1001.0), "lora_out": lora(taca(base, 1001.0), name)},
+            r = compare({"off": base, "taca_out": taca_outside(base), "lora_out": lora(taca_outside(base), name)},
                         small, steps=4, rounds=OVERHEAD_ROUNDS_PER_ROUND * rounds)
             overheads.append((family, "TACA outside its window − off", summarize_difference(r, "taca_out", "off")))
             overheads.append((family, "+ LoRA outside its window − TACA alone",
@@ -356,7 +363,7 @@ def main(opts):
             def compiled(m):
                 return TorchCompileModel.execute(model=m, backend="inductor").result[0]
 
-            r = compare({"off": compiled(model), "taca": compiled(taca(model, 0.0)), "taca_out": compiled(taca(model, 1001.0))},
+            r = compare({"off": compiled(model), "taca": compiled(taca(model, 0.0)), "taca_out": compiled(taca_outside(model))},
                         spec, steps=4, rounds=rounds)
             rows.append((family, "compiled, per step: TACA on (every step in window) / off", summarize(r, "taca", "off")))
             rows.append((family, "compiled, per step: TACA outside its window / off", summarize(r, "taca_out", "off")))

@@ -167,3 +167,40 @@ def test_graph_with_an_input_out_of_range_is_rejected_before_it_runs(host, name,
     valid, _, _, node_errors = validate(prompt)
     assert not valid
     assert [e["extra_info"]["input_name"] for e in node_errors["2"]["errors"]] == [name]
+
+
+@pytest.mark.parametrize("name,value", [("gamma", float("nan")), ("gamma", float("inf")), ("threshold", float("nan")),
+                                        ("gamma", -0.5), ("threshold", 1200.0), ("gamma", "1.2")])
+def test_bad_numbers_are_refused_naming_the_input_and_its_range(name, value, taca):
+    # ComfyUI's validation passes NaN (every comparison with it is false), and a prompt sent
+    # through the API reaches the node with whatever it carries.
+    inputs = {"gamma": 1.2, "threshold": 970.0, name: value}
+    with pytest.raises(ValueError) as error:
+        taca(tiny_sd3(), inputs["gamma"], inputs["threshold"])
+    assert f"'{name}'" in str(error.value) and "finite number from" in str(error.value)
+
+
+def test_a_nan_gamma_stops_the_graph_with_that_error(host):
+    models, _ = host
+    safetensors.torch.save_file(tiny_sd3(seed=0).model.diffusion_model.state_dict(), str(models / "tiny.safetensors"))
+    prompt = graph("tiny.safetensors", gamma=float("nan"), threshold=970.0)
+    valid, error, outputs, node_errors = validate(prompt)
+    assert valid, (error, node_errors)  # ComfyUI's own validation lets NaN through
+    executor = prompt_executor()
+    executor.execute(prompt, "taca-test", {}, outputs)
+    assert not executor.success
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert errors and errors[0]["node_type"] == "TACA" and "'gamma' is nan" in errors[0]["exception_message"]
+
+
+@pytest.mark.parametrize("name,value,expected", [("active", "Every Step", "'with TACA', 'every step'"),
+                                                 ("strength", float("nan"), "finite number from -10.0 to 10.0")])
+def test_lora_loader_refuses_bad_inputs_naming_them(name, value, expected, loras):
+    from tiny_loras import SD3_TARGETS, official_lora
+
+    model = tiny_sd3()
+    inputs = {"lora_name": loras("taca.safetensors", official_lora(model, SD3_TARGETS)), "strength": 1.0,
+              "active": "with TACA", name: value}
+    with pytest.raises(ValueError) as error:
+        nodes.NODE_CLASS_MAPPINGS["TACALoraLoader"].execute(model=model, **inputs)
+    assert f"'{name}'" in str(error.value) and expected in str(error.value)
