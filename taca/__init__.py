@@ -1,6 +1,6 @@
 """Pure PyTorch core of ComfyUI-TACA. Nothing here imports ComfyUI."""
 
-from .attention import taca_attention
-from .schedule import gamma_at, timestep_from_sigma
+from .attention import taca_attention, text_attention_mass
+from .schedule import Ramp, Step, gamma_at, ramp_at, timestep_from_sigma
 
-__all__ = ["taca_attention", "gamma_at", "timestep_from_sigma"]
+__all__ = ["taca_attention", "text_attention_mass", "Ramp", "Step", "gamma_at", "ramp_at", "timestep_from_sigma"]

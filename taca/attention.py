@@ -100,3 +100,35 @@ def taca_attention(
     out_text = attend(q.narrow(token_dim, q_text, n_text), k, v, query_rows(mask, q_text, n_text, lq))
     parts = (out_text, out_visual) if text_first else (out_visual, out_text)
     return torch.cat(parts, dim=out_token_dim)
+
+
+def text_attention_mass(
+    attend: Attend,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_text: int,
+    gamma: Gamma,
+    token_dim: int,
+    text_first: bool = True,
+    text_queries: bool = True,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The image→text attention mass of one joint call, one value per batch item.
+
+    That is the softmax probability the visual queries put on the text keys, with the
+    visual-query × text-key logits multiplied by γ, averaged over heads and visual queries.
+    It is exact and builds no L×L logits: attending with values that are 1 on the text keys
+    and 0 elsewhere gives each query its mass on the text keys. Arguments as for
+    taca_attention (the output's layout does not matter: the mean is over all of it); `v`
+    only gives the values' layout.
+    """
+    lq, lk = q.shape[token_dim], k.shape[token_dim]
+    on_text = torch.zeros_like(v)
+    on_text.narrow(token_dim, text_start(lk, n_text, text_first), n_text).fill_(1)
+    if text_queries:
+        q_visual, n_visual = (n_text if text_first else 0), lq - n_text
+        q, mask = q.narrow(token_dim, q_visual, n_visual), query_rows(mask, q_visual, n_visual, lq)
+    with text_keys_scaled(k, text_start(lk, n_text, text_first), n_text, gamma, token_dim) as k_scaled:
+        mass = attend(q, k_scaled, on_text, mask)
+    return mass.float().flatten(1).mean(1)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from taca import taca_attention
+from taca import taca_attention, text_attention_mass
 
 # (B, heads, L, d) with the output as (B, L, heads·d), as FLUX calls it (skip_reshape=True),
 # and (B, L, heads·d) in and out, as SD3's MMDiT calls it.
@@ -144,3 +144,61 @@ def test_gamma_one_is_plain_attention():
     q, k, v = make_qkv(2, 3, 50, 16, "blc", seed=8)
     out = run_taca(q, k, v, None, 3, "blc", 13, 1.0)
     assert torch.allclose(out, host_attention(q, k, v, None, 3, "blc"), atol=1e-6, rtol=0)
+
+
+def reference_mass(q, k, v, mask, heads, layout, n_text, gamma):
+    """Materialize the scaled logits and sum the softmax over the text keys, per visual query."""
+    q, k = (split_heads(t, heads, layout).double() for t in (q, k))
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    logits[..., n_text:, :n_text] *= gamma
+    if mask is not None:
+        m = mask.unsqueeze(1) if mask.ndim == 3 else mask
+        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.double()
+    return logits.softmax(-1)[..., n_text:, :n_text].sum(-1).mean((1, 2)).float()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("gamma", [1.0, 1.3])
+def test_text_attention_mass_matches_the_materialized_softmax(layout, gamma):
+    batch, heads, n_text, n_visual = 2, 3, 9, 23
+    q, k, v = make_qkv(batch, heads, n_text + n_visual, 16, layout, seed=9)
+    g = torch.Generator().manual_seed(10)
+    mask = torch.randn(batch, n_text + n_visual, n_text + n_visual, generator=g)
+    k_before = k.clone()
+    mass = text_attention_mass(lambda q_, k_, v_, m: host_attention(q_, k_, v_, m, heads, layout),
+                               q, k, v, n_text=n_text, gamma=gamma, token_dim=2 if layout == "bhld" else 1, mask=mask)
+    assert mass.shape == (batch,)
+    assert torch.allclose(mass, reference_mass(q, k, v, mask, heads, layout, n_text, gamma), atol=1e-6, rtol=0)
+    assert torch.equal(k, k_before)
+
+
+def test_text_last_matches_the_reference_with_the_span_at_the_end():
+    # HiDream, HunyuanVideo (0.3.64) and Mochi put the text last: flipping the sequence puts
+    # it first, and attention does not care about the order of the keys.
+    heads, n_text, n_visual = 2, 6, 14
+    q, k, v = make_qkv(2, heads, n_text + n_visual, 8, "bhld", seed=11)
+    out = taca_attention(lambda q_, k_, v_, m: host_attention(q_, k_, v_, m, heads, "bhld"),
+                         q, k, v, n_text=n_text, gamma=1.4, token_dim=2, out_token_dim=1, text_first=False)
+    flipped = [t.flip(2) for t in (q, k, v)]
+    ref = reference(*flipped, None, heads, "bhld", n_text, 1.4).flip(1)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0)
+
+
+def test_visual_queries_only():
+    # HiDream-O1 hands the override only the image side's queries, over all keys, text first.
+    heads, n_text, n_visual = 2, 5, 12
+    q, k, v = make_qkv(1, heads, n_text + n_visual, 8, "bhld", seed=12)
+    out = taca_attention(lambda q_, k_, v_, m: host_attention(q_, k_, v_, m, heads, "bhld"),
+                         q[:, :, n_text:], k, v, n_text=n_text, gamma=1.6, token_dim=2, out_token_dim=1, text_queries=False)
+    ref = reference(q, k, v, None, heads, "bhld", n_text, 1.6)[:, n_text:]
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0)
+
+
+def test_keys_longer_than_the_queries():
+    # FLUX's KV cache (0.33) keeps the reference images' keys: the queries are text + image.
+    heads, n_text, n_image, n_cached = 2, 4, 9, 6
+    q, k, v = make_qkv(1, heads, n_text + n_image + n_cached, 8, "bhld", seed=13)
+    out = taca_attention(lambda q_, k_, v_, m: host_attention(q_, k_, v_, m, heads, "bhld"),
+                         q[:, :, :n_text + n_image], k, v, n_text=n_text, gamma=1.3, token_dim=2, out_token_dim=1)
+    ref = reference(q, k, v, None, heads, "bhld", n_text, 1.3)[:, :n_text + n_image]
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0)
