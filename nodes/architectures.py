@@ -16,8 +16,9 @@ encoder put inside the prompt) count as text.
 """
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, FrozenSet, Optional, Tuple, Union
 
 import torch
 
@@ -70,8 +71,37 @@ class Family:
         joint_length = None if self.visual is None else n_text + self.visual(dm, x, context, kwargs)
         return TextLayout(n_text, text_first, joint_length, self.text_queries)
 
-    def block_count(self, dm) -> int:
-        return sum(n for _, n in self.blocks(dm))
+    def select_blocks(self, dm, text: str) -> Optional[FrozenSet[int]]:
+        """The joint blocks a string picks, numbered in call order: 'all', numbers and ranges
+        ('0-18', '3,5,7-9') and, where the family has several kinds, kind names ('double')."""
+        return select_blocks(text, self.blocks(dm), self.name)
+
+
+def select_blocks(text: str, kinds: Blocks, name: str) -> Optional[FrozenSet[int]]:
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return None
+    total, spans, start = sum(n for _, n in kinds), {}, 0
+    for kind, n in kinds:
+        spans[kind] = range(start, start + n)
+        start += n
+    named = spans if len(kinds) > 1 else {}
+    chosen = set()
+    for part in (p.strip() for p in text.split(",")):
+        numbers = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if part in named:
+            chosen.update(named[part])
+        elif numbers and int(numbers[1]) <= int(numbers[2] or numbers[1]) < total:
+            chosen.update(range(int(numbers[1]), int(numbers[2] or numbers[1]) + 1))
+        else:
+            layout = ", ".join(f"{kind} {r.start}" + (f"–{r.stop - 1}" if len(r) > 1 else "") for kind, r in spans.items() if len(r))
+            kinds_hint = f", or {' / '.join(repr(k) for k in named)}" if named else ""
+            raise ValueError(
+                f"TACA Advanced: blocks {text!r}: {part!r} is not a block of this model. This {name} model has "
+                f"{total} joint blocks, numbered 0–{total - 1} in the order they run ({layout}). Give 'all', block "
+                f"numbers or ranges such as '0-{min(total, 19) - 1}' or '0,2,5-7'{kinds_hint}, separated by commas."
+            )
+    return frozenset(chosen)
 
 
 # --- what the rows read ------------------------------------------------------------------

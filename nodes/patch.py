@@ -5,7 +5,8 @@ transformer_options. Once per forward, an APPLY_MODEL wrapper turns them into a 
 (γ for this σ, and where the text sits) and hands it to a forward patch on the diffusion
 model, which passes it down in the transformer_options of that forward. The attention
 override reads the step and calls the pure core in taca.attention. Outside the window the
-step is None and the host's attention runs untouched.
+step is None and the host's attention runs untouched. A probe (nodes/probe.py) rides the
+same step: the override also measures each joint call's image→text attention mass.
 
 The step travels through the forward patch's own attribute because torch.compile may drop
 every guard on transformer_options (ComfyUI 0.33's TorchCompileModel does): what the
@@ -23,7 +24,7 @@ import torch
 import comfy.model_sampling
 import comfy.patcher_extension
 
-from ..taca.attention import taca_attention
+from ..taca.attention import taca_attention, text_attention_mass
 from ..taca.schedule import timestep_from_sigma
 from .architectures import Family, TextLayout, family_of
 from .forward_patch import ForwardPatch, add_forward_patch
@@ -42,6 +43,7 @@ class TACASettings:
     schedule: Callable[[float], float]  # t on the 0–1000 scale → γ
     blocks: Optional[FrozenSet[int]] = None  # joint attention calls, in their order in a forward; None: all
     cond_only: bool = False
+    description: str = ""  # for the attention-balance plot: "γ₀ 1.2, threshold 970"
 
     def gamma_for(self, timesteps: list, cond_or_uncond=None) -> Union[float, list]:
         """γ for each batch item's timestep: a number when they all agree (they do in ordinary sampling)."""
@@ -81,11 +83,13 @@ def is_identity(gamma) -> bool:
 
 @dataclass
 class TACAStep:
-    """What the override needs for one forward pass inside the window."""
+    """What the override needs for one forward pass inside the window, or under a probe."""
 
     layout: TextLayout
     gamma: Union[float, torch.Tensor]
+    active: bool  # γ differs from 1 for some batch item
     blocks: Optional[FrozenSet[int]] = None
+    probe: Optional[Callable] = None  # probe(block, mass used, mass without TACA, TACA on)
     joint_calls: int = 0  # joint calls seen so far in this forward
 
 
@@ -113,11 +117,12 @@ class TACAOverride:
             return attend(*args, **kwargs)
         block = step.joint_calls
         step.joint_calls += 1
-        if step.blocks is not None and block not in step.blocks:
+        active = step.active and (step.blocks is None or block in step.blocks)
+        if not active and step.probe is None:
             return attend(*args, **kwargs)
         mask_position = 4 if len(args) > 4 else None
-        # The two calls TACA makes carry no step: a TACA override further down the chain
-        # (TACA, another node, TACA again) hands them on untouched.
+        # The calls TACA makes carry no step: a TACA override further down the chain (TACA,
+        # another node, TACA again) hands them on untouched.
         sub_kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: None}}
 
         def attend_rows(q_rows, k_rows, v, mask):
@@ -125,21 +130,27 @@ class TACAOverride:
                 return attend(q_rows, k_rows, v, *args[3:], **{**sub_kwargs, "mask": mask})
             return attend(q_rows, k_rows, v, *args[3:mask_position], mask, *args[mask_position + 1:], **sub_kwargs)
 
-        return taca_attention(
-            attend_rows, q, k, args[2],
-            n_text=step.layout.n_text,
-            gamma=step.gamma,
-            token_dim=token_dim,
-            out_token_dim=2 if kwargs.get("skip_output_reshape", False) else 1,
-            text_first=step.layout.text_first,
-            text_queries=step.layout.text_queries,
-            mask=args[mask_position] if mask_position is not None else kwargs.get("mask"),
-        )
+        layout = step.layout
+        call = dict(n_text=layout.n_text, token_dim=token_dim, text_first=layout.text_first,
+                    text_queries=layout.text_queries,
+                    mask=args[mask_position] if mask_position is not None else kwargs.get("mask"))
+        if step.probe is not None:
+            used = text_attention_mass(attend_rows, q, k, args[2], gamma=step.gamma if active else 1.0, **call)
+            plain = text_attention_mass(attend_rows, q, k, args[2], gamma=1.0, **call) if active else used
+            step.probe(block, used, plain, active)
+        if not active:
+            return attend(*args, **kwargs)
+        return taca_attention(attend_rows, q, k, args[2], gamma=step.gamma,
+                              out_token_dim=2 if kwargs.get("skip_output_reshape", False) else 1, **call)
 
 
+@dataclass
 class TACAState:
-    """The step of the forward pass running now, shared by the wrapper and the forward patch."""
+    """Shared by the wrapper and the forward patch of one model: the step of the forward pass
+    running now, and the attention-balance probe, if one is attached. (model_options are
+    deep-copied by some clones; wrappers and object patches are not.)"""
 
+    probe: Optional[object] = None  # probe.BalanceProbe
     step: Optional[TACAStep] = None
 
 
@@ -161,10 +172,13 @@ def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_cr
                 transformer_options, **kwargs):
     """APPLY_MODEL wrapper: decide γ for this σ and where the text sits, for this forward."""
     gamma = window_gamma(executor.class_obj, transformer_options, t)
-    if is_identity(gamma) or c_crossattn is None:
+    recorder = state.probe.forward(executor.class_obj, transformer_options, t) if state.probe else None
+    active = not is_identity(gamma)
+    if not (active or recorder) or c_crossattn is None:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    settings = taca_settings(transformer_options)
     layout = family.layout(executor.class_obj.diffusion_model, x, c_crossattn, kwargs)
-    step = TACAStep(layout, gamma, taca_settings(transformer_options).blocks)
+    step = TACAStep(layout, gamma, active, settings.blocks if settings else None, recorder)
     state.step = step
     try:
         out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -178,25 +192,20 @@ def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_cr
     return out
 
 
-def apply_taca(model, settings: TACASettings):
-    """A clone of `model` (a ModelPatcher) with TACA attached. The input is not modified.
-
-    Applying it again replaces the earlier settings; an attention override set by
-    another node is chained, not replaced.
-    """
+def attach(model, probe=None):
+    """A clone of `model` with TACA's override, forward patch and wrapper, the family's row
+    and the clone. TACA nodes and the probe share them; attaching again replaces them and
+    keeps the probe attached before."""
     family = family_of(model)
-    if settings.blocks is not None:
-        family.check_blocks(model.model.diffusion_model, settings.blocks)
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    options[SETTINGS_KEY] = settings
-    previous = options.get(OVERRIDE_KEY)
-    if not isinstance(previous, TACAOverride):
-        options[OVERRIDE_KEY] = TACAOverride(previous)
-    state = TACAState()
+    if not isinstance(options.get(OVERRIDE_KEY), TACAOverride):
+        options[OVERRIDE_KEY] = TACAOverride(options.get(OVERRIDE_KEY))
+    earlier = patched.object_patches.get("diffusion_model.forward")
+    state = TACAState(probe or (earlier.state.probe if isinstance(earlier, TACAForward) else None))
 
     def make_forward(module, previous_patch):
-        if isinstance(previous_patch, TACAForward):  # an earlier TACA node on this model: replaced
+        if isinstance(previous_patch, TACAForward):  # attached before on this model: replaced
             previous_patch = previous_patch.forward
         return TACAForward(module, previous_patch, state)
 
@@ -205,4 +214,15 @@ def apply_taca(model, settings: TACASettings):
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, functools.partial(record_step, family, state)
     )
+    return patched, family
+
+
+def apply_taca(model, settings: TACASettings):
+    """A clone of `model` (a ModelPatcher) with TACA attached. The input is not modified.
+
+    Applying it again replaces the earlier settings; an attention override set by
+    another node is chained, not replaced.
+    """
+    patched, _ = attach(model)
+    patched.model_options["transformer_options"][SETTINGS_KEY] = settings
     return patched

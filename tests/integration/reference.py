@@ -29,13 +29,30 @@ class ReferenceTACA:
     joints: key length of a joint call → its text tokens. gamma(t): γ for the 0–1000
     timestep t, which timestep(σ) gives (1000·σ for rectified flow). The text is the first
     (text_first) or the last tokens of the keys, and of the queries unless text_queries is False.
+    With blocks_per_forward and blocks, only those joint calls of each forward (numbered in
+    call order) get γ; with cond_only, only the batch items of the prompt's guidance branch.
+    Where `masses` is a list, each joint call appends, per batch item, the image→text
+    attention mass with γ and without it, and the call is then handed on to ComfyUI.
     """
 
     def __init__(self, gamma: Callable[[float], float], joints: Dict[int, int], text_first=True, text_queries=True,
-                 timestep: Callable[[float], float] = lambda sigma: 1000 * sigma):
+                 timestep: Callable[[float], float] = lambda sigma: 1000 * sigma,
+                 blocks_per_forward=None, blocks=None, cond_only=False, masses=None):
         self.gamma, self.joints, self.timestep = gamma, dict(joints), timestep
         self.text_first, self.text_queries = text_first, text_queries
+        self.blocks_per_forward, self.blocks, self.cond_only, self.masses = blocks_per_forward, blocks, cond_only, masses
         self.calls = 0
+
+    def gammas(self, kwargs, batch: int, block: int) -> torch.Tensor:
+        options = kwargs["transformer_options"]
+        sigmas = options["sigmas"].flatten().tolist()  # the latent batch's: repeated for each guidance branch
+        gammas = [self.gamma(self.timestep(sigmas[i % len(sigmas)])) for i in range(batch)]
+        if self.blocks is not None and block not in self.blocks:
+            gammas = [1.0] * batch
+        if self.cond_only:
+            branches = options["cond_or_uncond"]
+            gammas = [g if branches[i * len(branches) // batch] == 0 else 1.0 for i, g in enumerate(gammas)]
+        return torch.tensor(gammas, dtype=torch.float64).view(-1, 1, 1, 1)
 
     def __call__(self, func, *args, **kwargs):
         q, k, v = args[:3]
@@ -44,6 +61,7 @@ class ReferenceTACA:
         lq, lk = q.shape[token_dim], k.shape[token_dim]
         if lk not in self.joints:
             return func(*args, **kwargs)
+        block = self.calls % self.blocks_per_forward if self.blocks_per_forward else self.calls
         self.calls += 1
         n_text = self.joints[lk]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
@@ -53,23 +71,31 @@ class ReferenceTACA:
         if k.shape[1] != q.shape[1]:  # grouped-query attention: kv head h // group serves query head h
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
         logits = q @ k.transpose(-1, -2) * kwargs.get("scale", head_dim ** -0.5)
+        if mask is not None:  # as comfy.ldm.modules.attention.attention_pytorch broadcasts it
+            m = mask.unsqueeze(0) if mask.ndim == 2 else mask
+            m = m.unsqueeze(1) if m.ndim == 3 else m
+            bias = torch.where(m, 0.0, float("-inf")).double() if m.dtype == torch.bool else m.double()
+        else:
+            bias = 0.0
 
-        sigmas = kwargs["transformer_options"]["sigmas"].flatten().tolist()
-        gamma = torch.tensor([self.gamma(self.timestep(s)) for s in sigmas], dtype=torch.float64).view(-1, 1, 1, 1)
-        scale = torch.ones(q.shape[0], 1, lq, lk, dtype=torch.float64)
         keys = slice(0, n_text) if self.text_first else slice(lk - n_text, lk)
         if not self.text_queries:
             visual = slice(0, lq)
         else:
             visual = slice(n_text, lq) if self.text_first else slice(0, lq - n_text)
-        scale[:, :, visual, keys] = gamma.expand(-1, 1, visual.stop - visual.start, n_text)
-        logits = logits * scale
+        gamma = self.gammas(kwargs, q.shape[0], block)
 
-        if mask is not None:  # as comfy.ldm.modules.attention.attention_pytorch broadcasts it
-            m = mask.unsqueeze(0) if mask.ndim == 2 else mask
-            m = m.unsqueeze(1) if m.ndim == 3 else m
-            logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.double()
-        out = logits.softmax(-1) @ v
+        def probabilities(gamma):
+            scale = torch.ones(q.shape[0], 1, lq, lk, dtype=torch.float64)
+            scale[:, :, visual, keys] = gamma.expand(-1, 1, visual.stop - visual.start, n_text)
+            return (logits * scale + bias).softmax(-1)
+
+        if self.masses is not None:
+            def mass(p):
+                return p[:, :, visual, keys].sum(-1).mean((1, 2)).tolist()
+            self.masses.append((mass(probabilities(gamma)), mass(probabilities(torch.ones_like(gamma)))))
+            return func(*args, **kwargs)
+        out = probabilities(gamma) @ v
         if kwargs.get("skip_output_reshape", False):
             return out.to(args[0].dtype)
         return out.transpose(1, 2).flatten(2).to(args[0].dtype)  # (B, L, H·D), as ComfyUI returns it
