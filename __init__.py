@@ -5,13 +5,14 @@ ComfyUI entry point: registers the nodes, nothing else.
 
 from comfy_api.latest import ComfyExtension, io
 
+from .nodes.balance_nodes import TACABalancePlot, TACABalanceProbe
 from .nodes.lora_node import TACALoraLoader
 from .nodes.taca_node import TACA, TACAAdvanced
 
 
 class TACAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TACA, TACAAdvanced, TACALoraLoader]
+        return [TACA, TACAAdvanced, TACALoraLoader, TACABalanceProbe, TACABalancePlot]
 
 
 async def comfy_entrypoint() -> TACAExtension:
