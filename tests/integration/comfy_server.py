@@ -31,6 +31,7 @@ COMFYUI = Path(folder_paths.__file__).resolve().parent
 PACK_FOLDER = "ComfyUI-TACA"  # its name under custom_nodes/, which names its template route
 WORKFLOWS = PACK / "workflows"
 SIDE_BY_SIDE = "taca_flux_dev_side_by_side"
+BALANCE = "taca_attention_balance"
 ARTIFACTS = PACK / "test-artifacts"
 SERVER_ARGS = ("--cpu", "--database-url", "sqlite:///:memory:", "--disable-api-nodes")
 # Frontend settings for a clean first visit: no welcome template browser, no minimap over

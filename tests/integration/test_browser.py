@@ -12,7 +12,7 @@ shrinks the run to 64×64 and two steps (see model_files.py); the screenshot sho
 workflow as shipped.
 
 TACA_UPDATE_SCREENSHOTS=1 also writes the screenshots as the workflows' thumbnails
-(workflows/<name>.jpg) and the README's docs/side_by_side.png.
+(workflows/<name>.jpg) and the README's docs/side_by_side.png and docs/attention_balance.png.
 """
 
 import io
@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 import model_files
-from comfy_server import ARTIFACTS, PACK, PACK_FOLDER, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
+from comfy_server import ARTIFACTS, BALANCE, PACK, PACK_FOLDER, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
 from workflow_api import FRONTEND_ONLY, to_api_prompt
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -243,7 +243,9 @@ def test_workflow_loads_without_dialogs_and_runs_from_the_ui(page, server, name)
 
     image = run_from_the_ui(page, server)
     assert image.shape[0] == TEST_SIZE and image.shape[1] >= TEST_SIZE
-    page.screenshot(path=str(SCREENSHOTS / f"{name}-after-run.png"))
+    after_run = page.screenshot(path=str(SCREENSHOTS / f"{name}-after-run.png"))
+    if UPDATE_SCREENSHOTS and name == BALANCE:  # the README's picture of the plot, from the test's tiny model
+        Image.open(io.BytesIO(after_run)).convert("RGB").save(PACK / "docs" / "attention_balance.png", optimize=True)
 
 
 def test_side_by_side_with_taca_bypassed_gives_the_baseline_twice(page, server):
@@ -269,10 +271,13 @@ def run_from_the_ui(page, server) -> np.ndarray:
     page.locator(QUEUE_BUTTON).first.click()
     entry = wait_for_new_run(server, before)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
-    saved = [node_id for node_id, node in entry["prompt"][2].items() if node["class_type"] == "SaveImage"]
-    (image,) = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in server.files(entry, saved[0])]
-    # The frontend received the output and shows it in the Save Image node.
-    page.wait_for_function("window.app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs && n.imgs.length > 0)", timeout=30_000)
+    prompt = entry["prompt"][2]
+    saved = [i for i, node in prompt.items() if node["class_type"] == "SaveImage"]
+    (decoded,) = [i for i in saved if prompt[prompt[i]["inputs"]["images"][0]]["class_type"] in ("VAEDecode", "ImageStitch")]
+    (image,) = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in server.files(entry, decoded)]
+    # The frontend received the outputs and shows them in every Save Image node.
+    page.wait_for_function("window.app.graph.nodes.filter(n => n.type === 'SaveImage').every(n => n.imgs && n.imgs.length > 0)",
+                           timeout=30_000)
     page.wait_for_timeout(500)
     return image
 

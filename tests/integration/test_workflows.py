@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import model_files
-from comfy_server import COMFYUI, PACK, PACK_FOLDER, SERVER_ARGS, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
+from comfy_server import BALANCE, COMFYUI, PACK, PACK_FOLDER, SERVER_ARGS, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
 from comfy_http import ComfyClient
 from workflow_api import CONTROL_AFTER_GENERATE, FRONTEND_ONLY, combo_options, input_spec, to_api_prompt, widget_values
 
@@ -59,14 +59,20 @@ def of_type(prompt: dict, class_type: str) -> list:
     return [i for i, node in prompt.items() if node["class_type"] == class_type]
 
 
+def image_saver(prompt: dict) -> str:
+    """The Save Image node of the decoded sample (the balance workflow saves its plot too)."""
+    (save,) = [i for i in of_type(prompt, "SaveImage") if prompt[prompt[i]["inputs"]["images"][0]]["class_type"] == "VAEDecode"]
+    return save
+
+
 def model_file_inputs(node: dict, values: dict) -> dict:
     return {k: v for k, v in values.items() if isinstance(v, str) and v.endswith(".safetensors")} if node["type"] in MODEL_FOLDERS else {}
 
 
 # --- the files ------------------------------------------------------------------------
 
-def test_the_four_workflows_ship_with_thumbnails():
-    assert SHIPPED == sorted(["taca_flux_dev", SIDE_BY_SIDE, "taca_sd35_medium", "taca_sd35_large"])
+def test_the_five_workflows_ship_with_thumbnails():
+    assert SHIPPED == sorted(["taca_flux_dev", SIDE_BY_SIDE, BALANCE, "taca_sd35_medium", "taca_sd35_large"])
     for name in SHIPPED:
         # ComfyUI's template browser shows <name>.jpg for a custom node pack's template <name>.json.
         thumbnail = WORKFLOWS / f"{name}.jpg"
@@ -215,7 +221,7 @@ def test_a_note_explains_gamma_threshold_and_what_to_try(name):
 def test_workflow_runs_and_its_taca_nodes_change_the_image(server, name):
     workflow = load_workflow(name)
     prompt = server.small_run(workflow)
-    (save,) = of_type(prompt, "SaveImage")
+    save = image_saver(prompt)
     image = server.image(server.run(prompt), save)
     assert image.shape == (TEST_SIZE, TEST_SIZE, 3)
 
@@ -255,6 +261,37 @@ def test_side_by_side_baseline_equals_an_unpatched_run_and_taca_differs(server):
     left, right = stitched[:, :TEST_SIZE], stitched[:, TEST_SIZE + gap:]
     assert np.array_equal(left, unpatched_stitched[:, :TEST_SIZE]), "baseline | TACA: the left image is not the baseline"
     assert np.abs(right.astype(int) - left).max() > 0, "baseline | TACA: the two images are the same"
+
+
+def balance_run(server, bypass=()):
+    """The balance workflow's image, plot and newest JSON of numbers."""
+    prompt = server.small_run(load_workflow(BALANCE), bypass=bypass)
+    entry = server.run(prompt)
+    (plot_saver,) = [i for i in of_type(prompt, "SaveImage") if i != image_saver(prompt)]
+    (numbers,) = (server.base / "output" / "TACA").glob(f"balance_{len(list(server.base.glob('output/TACA/balance_*.json'))):05}_.json")
+    return server.image(entry, image_saver(prompt)), server.image(entry, plot_saver), json.loads(numbers.read_text())
+
+
+def test_balance_workflow_plots_the_run_and_writes_its_numbers(server):
+    image, plot, table = balance_run(server)
+    assert plot.shape[0] > 4 * TEST_SIZE and plot.shape[1] > 2 * plot.shape[0] and plot.std() > 20
+    assert table["family"].startswith("FLUX.1") and table["taca"] == "γ₀ 1.2, threshold 970"
+    assert len(table["timesteps"]) == TEST_STEPS and table["in_window"] == [True, False]
+    assert len(table["mass_used"]) == table["blocks"] == sum(n for _, n in table["block_kinds"])
+    (used_in, plain_in), (used_out, plain_out) = zip(table["step_mean_used"], table["step_mean_without_taca"])
+    assert abs(used_in - plain_in) > 1e-4 and used_out == plain_out  # γ₀ moves the share on TACA's step only
+
+    # Bypassing TACA and its LoRA (Ctrl+B): the probe sees the baseline, and the curves meet.
+    baseline, _, plain = balance_run(server, bypass=TACA_NODES)
+    assert plain["taca"] == "" and plain["in_window"] == [False, False]
+    assert plain["mass_used"] == plain["mass_without_taca"]
+    assert np.abs(image.astype(int) - baseline).max() > 0
+    # The probe only looks: bypassing the probe, the plot and the plot's Save Image, as the
+    # workflow's note says, leaves the image as it was.
+    prompt = server.small_run(load_workflow(BALANCE), bypass=TACA_NODES + ("TACABalanceProbe", "TACABalancePlot"))
+    prompt = {i: node for i, node in prompt.items() if node["class_type"] != "SaveImage" or "images" in node["inputs"]}
+    assert not of_type(prompt, "TACABalancePlot") and len(of_type(prompt, "SaveImage")) == 1
+    assert np.array_equal(server.image(server.run(prompt), image_saver(prompt)), baseline)
 
 
 # --- the headless runner ------------------------------------------------------------------
