@@ -81,8 +81,12 @@ SHAPES = {
         Shape("sd35m-1024", "SD3.5-Medium", 1024, 24, 64, 333, 4096, "blc"),
         Shape("flux-1024", "FLUX.1", 1024, 24, 128, 512, 4096, "bhld"),
         Shape("flux-2048", "FLUX.1", 2048, 24, 128, 512, 16384, "bhld"),
+        # cond and uncond in one batch, as ComfyUI runs CFG: for TACA Advanced's 'cond only'
+        Shape("flux-1024-cfg", "FLUX.1", 1024, 24, 128, 512, 4096, "bhld", batch=2),
+        Shape("sd35m-1024-cfg", "SD3.5-Medium", 1024, 24, 64, 333, 4096, "blc", batch=2),
     )
 }
+DEFAULT_SHAPES = [name for name in SHAPES if not name.endswith("-cfg")]
 # Small shapes for the exactness check against a float64 reference, one per layout.
 EXACT_SHAPES = (
     Shape("small-bhld", "FLUX layout", 0, 3, 32, 37, 91, "bhld", batch=2),
@@ -154,6 +158,18 @@ def case_taca(x):
     )
 
 
+def cond_only_gamma(batch):
+    """TACA Advanced's 'cond only' on a batch of cond then uncond (ComfyUI's CFG batch): γ per item."""
+    return torch.tensor([GAMMA] * ((batch + 1) // 2) + [1.0] * (batch // 2))
+
+
+def case_taca_cond_only(x):
+    return taca_attention(
+        x.attend, x.q, x.k, x.v, n_text=x.shape.n_text, gamma=cond_only_gamma(x.shape.batch).to(x.q.device),
+        token_dim=x.token_dim, out_token_dim=1,
+    )
+
+
 def taca_attention_one_copy(attend_heads_first, q, k, v, n_text, gamma, token_dim, mask=None):
     """Prototype of a faster taca_attention: same two host calls, one output copy.
 
@@ -165,7 +181,7 @@ def taca_attention_one_copy(attend_heads_first, q, k, v, n_text, gamma, token_di
     seq_len = q.shape[token_dim]
     n_visual = seq_len - n_text
     out_text = attend_heads_first(q.narrow(token_dim, 0, n_text), k, v, query_rows(mask, 0, n_text, seq_len))
-    with text_keys_scaled(k, n_text, gamma, token_dim) as k_scaled:
+    with text_keys_scaled(k, 0, n_text, gamma, token_dim) as k_scaled:
         out_visual = attend_heads_first(
             q.narrow(token_dim, n_text, n_visual), k_scaled, v, query_rows(mask, n_text, n_visual, seq_len)
         )
@@ -266,6 +282,7 @@ def case_materialized(x):
 CASES = {
     "plain": case_plain,
     "taca": case_taca,
+    "taca_cond_only": case_taca_cond_only,
     "taca_one_copy": case_taca_one_copy,
     "taca_low_memory": case_taca_low_memory,
     "flex_eager": case_flex_eager,
@@ -290,7 +307,7 @@ def part_cat(x):
 
 
 def part_text_keys(x):
-    with text_keys_scaled(x.k, x.shape.n_text, GAMMA, x.token_dim) as k_scaled:
+    with text_keys_scaled(x.k, 0, x.shape.n_text, GAMMA, x.token_dim) as k_scaled:
         return k_scaled
 
 
@@ -301,10 +318,12 @@ PARTS = {
     "part_text_keys": part_text_keys,
 }
 CASES.update(PARTS)
+GAMMA_OF_CASE = {"taca_cond_only": cond_only_gamma}  # γ per batch item, when not GAMMA for every item
 HEAVY = {"flex_eager", "materialized"}  # many times plain: fewer rounds
 CASE_LABELS = {
     "plain": "plain (host SDPA)",
     "taca": "TACA core (taca_attention)",
+    "taca_cond_only": "TACA core, γ per batch item (TACA Advanced, cond only)",
     "taca_one_copy": "TACA, one output copy (prototype)",
     "taca_low_memory": "TACA, visual queries in chunks into one buffer (prototype)",
     "flex_eager": "official FLUX: flex_attention, eager",
@@ -329,11 +348,11 @@ def bytes_needed(case, shape, dtype):
 
 
 def reference(x, gamma):
-    """Float64 materialized reference, independent of every case."""
+    """Float64 materialized reference, independent of every case. γ: a number, or one per batch item."""
     q, k, v = (t.double() for t in x.heads_first())
     logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    scale = torch.ones(logits.shape[-2:], dtype=logits.dtype, device=logits.device)
-    scale[x.shape.n_text:, : x.shape.n_text] = gamma
+    scale = torch.ones(logits.shape[0], 1, *logits.shape[-2:], dtype=logits.dtype, device=logits.device)
+    scale[:, :, x.shape.n_text:, : x.shape.n_text] = torch.as_tensor(gamma, dtype=logits.dtype).view(-1, 1, 1, 1).to(logits.device)
     return to_tokens_last((logits * scale).softmax(-1) @ v)
 
 
@@ -516,7 +535,7 @@ def run_shape(shape, cases, rounds, heavy_rounds, device, dtype, clock, log, wai
             info["attention_ops"] = ops
         if case == "taca":
             core_out = out
-        elif core_out is not None and case not in PARTS:
+        elif core_out is not None and case not in PARTS and case not in GAMMA_OF_CASE:
             info["max_abs_diff_vs_taca"] = (out.float() - core_out.float()).abs().max().item()
             info["bitwise_equal_to_taca"] = bool(torch.equal(out, core_out))
         del out
@@ -572,7 +591,8 @@ def exactness(cases, device, dtype, log):
         row = {}
         for case in cases:
             try:
-                row[case] = (CASES[case](x).double() - ref).abs().max().item()
+                expected = reference(x, GAMMA_OF_CASE[case](shape.batch)) if case in GAMMA_OF_CASE else ref
+                row[case] = (CASES[case](x).double() - expected).abs().max().item()
             except Exception as error:
                 row[case] = f"unsupported: {type(error).__name__}"
         table[shape.name] = row
@@ -698,7 +718,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--quick", action="store_true", help="FLUX 512² and 1024² only, fewer rounds")
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="default: all (quick: flux-512 flux-1024)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="default: all but the -cfg ones (batch 2; quick: flux-512 flux-1024)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=[c for c in CASES if c not in PARTS])
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of a TACA call")
     parser.add_argument("--tag", help="appended to the result files' names")
@@ -729,9 +749,10 @@ def main():
         cases += [c for c in PARTS if c not in cases]
     if "plain" not in cases:
         cases.insert(0, "plain")
-    shape_names = args.shapes or (["flux-512", "flux-1024"] if args.quick else list(SHAPES))
+    shape_names = args.shapes or (["flux-512", "flux-1024"] if args.quick else DEFAULT_SHAPES)
     # (rounds, rounds for the heavy O(L²) cases) per shape; many more on a GPU, where calls are short
-    plan = {"flux-512": (15, 5), "sd35m-1024": (9, 3), "flux-1024": (11, 3), "flux-2048": (3, 3)}
+    plan = {"flux-512": (15, 5), "sd35m-1024": (9, 3), "flux-1024": (11, 3), "flux-2048": (3, 3),
+            "flux-1024-cfg": (9, 3), "sd35m-1024-cfg": (9, 3)}
     if args.quick:
         plan = {name: (5, 2) for name in SHAPES}
     if device.type == "cuda":

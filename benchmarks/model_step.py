@@ -34,11 +34,15 @@ the ratio to the baseline of the same run:
                                        outside its window, against TorchCompileModel without TACA
                                        (use --attention pytorch: ComfyUI's CPU default, sub-quadratic
                                        attention, breaks torch.compile's graph at every call)
+    probe                              TACA Attention Balance Probe on TACA inside and outside its
+                                       window, against TACA alone, and on the model alone
+    advanced                           TACA Advanced on every step: its defaults, cond only (γ per
+                                       batch item) and a linear ramp, against TACA
 
 and the peak memory of a one-step run with TACA on against no TACA.
 
 Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick] [--real]
-[--comparisons memory per-step 30-steps overhead compiled]. Results go to
+[--comparisons memory per-step 30-steps overhead compiled probe advanced]. Results go to
 benchmarks/results/model_step-<device>[-real][-<attention>][-<comparisons>][-<N>-threads][-quick].{json,md}.
 """
 
@@ -80,7 +84,7 @@ def parse_options():
     return parser.parse_args()
 
 
-COMPARISONS = ("memory", "per-step", "30-steps", "overhead", "compiled")
+COMPARISONS = ("memory", "per-step", "30-steps", "overhead", "compiled", "probe", "advanced")
 ATTENTION_FLAGS = {"comfyui": None, "pytorch": "use_pytorch_cross_attention", "sub_quad": "use_quad_cross_attention",
                    "split": "use_split_cross_attention"}
 OPTIONS = parse_options()
@@ -300,6 +304,7 @@ def main(opts):
 
     asyncio.run(nodes.load_custom_node(str(ROOT)))
     taca_node, lora_node = nodes.NODE_CLASS_MAPPINGS["TACA"], nodes.NODE_CLASS_MAPPINGS["TACALoraLoader"]
+    advanced_node, probe_node = nodes.NODE_CLASS_MAPPINGS["TACAAdvanced"], nodes.NODE_CLASS_MAPPINGS["TACABalanceProbe"]
 
     def taca(model, threshold):
         return taca_node.execute(model=model, gamma=1.2, threshold=threshold).result[0]
@@ -309,6 +314,13 @@ def main(opts):
         # threshold (γ(t) = 1: the host's attention runs untouched) and needs no threshold
         # beyond the node's range.
         return taca_node.execute(model=model, gamma=1.0, threshold=0.0).result[0]
+
+    def advanced(model, schedule="step (paper)", t_start=0.0, t_end=0.0, apply_to="cond and uncond"):
+        return advanced_node.execute(model=model, gamma=1.2, schedule=schedule, t_start=t_start, t_end=t_end,
+                                     blocks="all", apply_to=apply_to).result[0]
+
+    def probed(model):
+        return probe_node.execute(model=model).result[0]
 
     def lora(model, name):
         return lora_node.execute(model=model, lora_name=name, strength=1.0, active="with TACA").result[0]
@@ -367,6 +379,22 @@ def main(opts):
                         spec, steps=4, rounds=rounds)
             rows.append((family, "compiled, per step: TACA on (every step in window) / off", summarize(r, "taca", "off")))
             rows.append((family, "compiled, per step: TACA outside its window / off", summarize(r, "taca_out", "off")))
+        if "probe" in opts.comparisons:
+            print(f"[{family}] per step: the attention-balance probe on TACA inside / outside its window, and alone", flush=True)
+            r = compare({"off": model, "probe": probed(model), "taca": taca(model, 0.0), "probe_in": probed(taca(model, 0.0)),
+                         "taca_out": taca_outside(model), "probe_out": probed(taca_outside(model))},
+                        spec, steps=4, rounds=rounds)
+            rows.append((family, "per step: probe on TACA inside its window / TACA alone", summarize(r, "probe_in", "taca")))
+            rows.append((family, "per step: probe on TACA outside its window / TACA alone", summarize(r, "probe_out", "taca_out")))
+            rows.append((family, "per step: probe, no TACA / off", summarize(r, "probe", "off")))
+        if "advanced" in opts.comparisons:
+            print(f"[{family}] per step: TACA Advanced (cond only; a linear ramp) vs TACA, every step in the window", flush=True)
+            r = compare({"taca": taca(model, 0.0), "advanced": advanced(model), "cond_only": advanced(model, apply_to="cond only"),
+                         "ramp": advanced(model, "linear", 1000.0, 0.0)},
+                        spec, steps=4, rounds=rounds)
+            rows.append((family, "per step: TACA Advanced, defaults but threshold 0 / TACA", summarize(r, "advanced", "taca")))
+            rows.append((family, "per step: TACA Advanced, cond only / TACA", summarize(r, "cond_only", "taca")))
+            rows.append((family, "per step: TACA Advanced, linear ramp 1000→0 / TACA", summarize(r, "ramp", "taca")))
         del model
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
