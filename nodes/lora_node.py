@@ -20,17 +20,19 @@ class TACALoraLoader(io.ComfyNode):
             display_name="TACA LoRA Loader",
             category="model_patches/attention",
             description=(
-                "Loads the official TACA LoRA (huggingface.co/ldiex/TACA) and keeps it on only while TACA's "
-                "temperature is on, as the authors' pipeline does. The base weights are never changed. "
-                "ComfyUI's ordinary LoraLoader would apply it on every step."
+                "Loads a TACA LoRA (the authors' FLUX.1-dev and SD3.5-Medium files at huggingface.co/ldiex/TACA, "
+                "or one trained for another supported family) and keeps it on only while TACA's temperature is "
+                "on, as the authors' pipeline does. The base weights are never changed. ComfyUI's ordinary "
+                "LoraLoader would apply it on every step. Without a TACA node on the model, 'with TACA' keeps it off."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The FLUX.1-dev or SD3.5-Medium model the LoRA was trained for."),
+                io.Model.Input("model", tooltip="The model the LoRA was trained for: FLUX.1-dev or SD3.5-Medium for the authors' files."),
                 io.Combo.Input(
                     "lora_name", options=folder_paths.get_filename_list("loras"),
                     tooltip=(
                         "A TACA LoRA from your models/loras folder: the FLUX.1-dev file for FLUX.1-dev, "
-                        "the SD3.5-Medium file for SD3.5-Medium, rank 16 or 64."
+                        "the SD3.5-Medium file for SD3.5-Medium (rank 16 or 64), or any LoRA in a format ComfyUI "
+                        "reads, trained for the model connected."
                     ),
                 ),
                 io.Float.Input(
@@ -40,8 +42,9 @@ class TACALoraLoader(io.ComfyNode):
                 io.Combo.Input(
                     "active", options=list(ACTIVE), default=WITH_TACA,
                     tooltip=(
-                        "'with TACA': on exactly the steps where the TACA node applies its temperature "
-                        "(needs a TACA node on this model, in either order). 'every step': on for the whole run."
+                        "'with TACA': on exactly the steps where a TACA node applies its temperature (in either "
+                        "order; with TACA bypassed it stays off, so the result is the baseline). 'every step': on "
+                        "for the whole run."
                     ),
                 ),
             ],

@@ -21,6 +21,22 @@ BOTH, COND_ONLY = "cond and uncond", "cond only"
 BRANCHES = (BOTH, COND_ONLY)
 
 
+def model_input() -> io.Model.Input:
+    return io.Model.Input("model", tooltip=(
+        "A model with a joint text-image attention: FLUX.1, FLUX.2, SD3/SD3.5, Qwen-Image, Z-Image, Lumina 2, "
+        "Chroma, HiDream, HunyuanImage/Video, AuraFlow and the other families the README lists. Other models "
+        "get an error that says why TACA does not apply."
+    ))
+
+
+def gamma_input(tooltip: str) -> io.Float.Input:
+    return io.Float.Input("gamma", **GAMMA, display_mode=io.NumberDisplay.slider, tooltip=tooltip)
+
+
+def model_output() -> io.Model.Output:
+    return io.Model.Output(tooltip="The model with TACA attached; the input model is unchanged.")
+
+
 class TACA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -29,33 +45,31 @@ class TACA(io.ComfyNode):
             display_name="TACA (Temperature-Adjusted Cross-modal Attention)",
             category="model_patches/attention",
             description=(
-                "Strengthens the prompt's hold on the image in FLUX.1 and SD3/SD3.5: during the early, "
+                "Strengthens the prompt's hold on the image in MM-DiT models (FLUX, SD3, Qwen-Image, ...): during the early, "
                 "layout-deciding steps the image-to-text attention logits are multiplied by gamma. "
                 "Fewer missing objects, wrong colors and wrong spatial relations. Pair it with the "
                 "TACA LoRA for the same model (TACALoraLoader). A second TACA node on the same model "
                 "replaces the first one's settings."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="A FLUX.1 (dev, schnell, Fill, Kontext), SD3 or SD3.5 model."),
-                io.Float.Input(
-                    "gamma", **GAMMA, display_mode=io.NumberDisplay.slider,
-                    tooltip=(
-                        "γ₀: the temperature on image-query × text-key attention logits during the window. "
-                        "1.0 turns TACA off. The paper uses 1.2; higher follows the prompt more strongly "
-                        "but can add artifacts (the TACA LoRA removes them)."
-                    ),
+                model_input(),
+                gamma_input(
+                    "γ₀: the temperature on image-query × text-key attention logits during the window. "
+                    "1.0 turns TACA off. The paper uses 1.2; higher follows the prompt more strongly "
+                    "but can add artifacts (the TACA LoRA removes them)."
                 ),
                 io.Float.Input(
                     "threshold", **THRESHOLD, display_mode=io.NumberDisplay.slider,
                     tooltip=(
-                        "TACA applies while the timestep t ≥ threshold, on the 0–1000 scale (t = 1000·σ). "
+                        "TACA applies while the timestep t ≥ threshold, on the 0–1000 scale (t = 1000·σ; "
+                        "CogVideoX: its DDPM timestep). "
                         "The paper's 970 covers the first few steps, where the layout is decided "
                         "(3 of 30 steps for FLUX.1-dev at 1024²). Lower it to keep TACA on for longer; "
                         "1000 keeps it only on a step that starts at σ = 1."
                     ),
                 ),
             ],
-            outputs=[io.Model.Output(tooltip="The model with TACA attached; the input model is unchanged.")],
+            outputs=[model_output()],
         )
 
     @classmethod
@@ -78,11 +92,8 @@ class TACAAdvanced(io.ComfyNode):
                 "both guidance branches."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="A model with a joint text-image attention (FLUX, SD3, Qwen-Image, ...)."),
-                io.Float.Input(
-                    "gamma", **GAMMA, display_mode=io.NumberDisplay.slider,
-                    tooltip="γ₀: the temperature on image-query × text-key attention logits where TACA is fully on. 1.0 turns it off.",
-                ),
+                model_input(),
+                gamma_input("γ₀: the temperature on image-query × text-key attention logits where TACA is fully on. 1.0 turns it off."),
                 io.Combo.Input(
                     "schedule", options=list(SCHEDULES), default=STEP,
                     tooltip=(
@@ -116,7 +127,7 @@ class TACAAdvanced(io.ComfyNode):
                     ),
                 ),
             ],
-            outputs=[io.Model.Output(tooltip="The model with TACA attached; the input model is unchanged.")],
+            outputs=[model_output()],
         )
 
     @classmethod

@@ -5,6 +5,7 @@ hands each forward's step to the compiled code through a forward patch on the di
 model, whose attributes torch.compile guards: entering or leaving the window recompiles
 instead of replaying a graph traced on the other side of it. The cases:
 - TACA, and TACA with its LoRA ('with TACA'), with TorchCompileModel before or after them;
+- TACA Advanced with a cosine ramp, one block and cond only (a γ per batch item);
 - a window of two of four steps, so every run crosses the boundary;
 - a fresh compile, and a process where the same base model was first compiled and sampled
   without TACA (a graph traced without TACA is cached for it).
@@ -51,11 +52,39 @@ def test_taca_and_its_lora_under_torch_compile_match_eager(family, history, taca
     if history == "compiled-without-taca-first":
         run(torch_compile(model))
     for name, patch in (("TACA", with_taca), ("TACA + LoRA", with_both)):
-        eager = run(patch(model))
-        for order, patched in (("after TorchCompileModel", patch(torch_compile(model))),
-                               ("before TorchCompileModel", torch_compile(patch(model)))):
-            out = run(patched)
-            error, effect = max_difference(out, eager), max_difference(out, untouched)
-            assert error <= TOLERANCE, f"{name} {order}: differs from eager by {error}"
-            assert effect > 50 * TOLERANCE, f"{name} {order}: changed the compiled model's output by only {effect}"
+        assert_compiled_in_both_orders_matches_eager(name, patch, model, run, untouched, torch_compile)
+    assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
+
+
+def assert_compiled_in_both_orders_matches_eager(name, patch, model, run, untouched, torch_compile):
+    eager = run(patch(model))
+    for order, patched in (("after TorchCompileModel", patch(torch_compile(model))),
+                           ("before TorchCompileModel", torch_compile(patch(model)))):
+        out = run(patched)
+        error, effect = max_difference(out, eager), max_difference(out, untouched)
+        assert error <= TOLERANCE, f"{name} {order}: differs from eager by {error}"
+        assert effect > 50 * TOLERANCE, f"{name} {order}: changed the compiled model's output by only {effect}"
+
+
+@pytest.mark.parametrize("family", list(TARGETS))
+def test_taca_advanced_under_torch_compile_matches_eager(family, torch_compile):
+    # A ramp (γ changes every step), a block subset and cond only (γ one value per batch
+    # item): what TACA Advanced adds to the state the compiled code must see.
+    import nodes
+
+    advanced = nodes.NODE_CLASS_MAPPINGS["TACAAdvanced"]
+    model = with_attention_backend(MODELS[family](seed=4), "pytorch")
+    latent = empty_latent(8, 8)
+    positive, negative = conditioning(model, 20, seed=5), conditioning(model, 20, seed=6)
+    s = sigmas(model, STEPS)
+    t_start, t_end = 1000 * float(s[0]), 500 * float(s[2] + s[3])  # the ramp spans the first three steps
+
+    def run(m):
+        return sample(m, positive, negative, latent, steps=STEPS)
+
+    def shaped(m):
+        return advanced.execute(model=m, gamma=GAMMA, schedule="cosine", t_start=t_start, t_end=t_end, blocks="0",
+                                apply_to="cond only").result[0]
+
+    assert_compiled_in_both_orders_matches_eager("TACA Advanced", shaped, model, run, run(model), torch_compile)
     assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
