@@ -234,10 +234,15 @@ CROSS_ATTENTION = {
     "WAN21_HuMo": "Wan HuMo", "WAN22_S2V": "Wan 2.2 S2V", "WAN22_Animate": "Wan 2.2 Animate",
     "WAN_Animate2": "Wan Animate 2", "WAN22_T2V": "Wan 2.2", "WAN21_FlowRVS": "Wan 2.1 FlowRVS",
     "WAN21_SCAIL": "Wan SCAIL", "WAN21_SCAIL2": "Wan SCAIL", "WAN22_WanDancer": "WanDancer",
-    "Stable_Cascade_C": "Stable Cascade", "Stable_Cascade_B": "Stable Cascade",
 }
-# Joint attention that ComfyUI's attention override never sees.
-OUT_OF_REACH = {"ErnieImage": "ERNIE-Image"}
+# Joint attention that TACA does not reach: the model's name, and why.
+OUT_OF_REACH = {
+    "ErnieImage": ("ERNIE-Image", "runs a joint text-image attention, but its attention calls bypass ComfyUI's "
+                                  "attention override, through which TACA works."),
+    **dict.fromkeys(("Stable_Cascade_C", "Stable_Cascade_B"), (
+        "Stable Cascade", "is a UNet whose image queries attend over image and text keys joined, with no text "
+                          "queries; TACA covers the MM-DiT transformers' joint attention, not this layout yet.")),
+}
 
 
 def describe(model) -> str:
@@ -246,7 +251,7 @@ def describe(model) -> str:
     for family in FAMILIES:
         if config in family.configs and family.unet(model.model.model_config.unet_config):
             return family.name
-    return CROSS_ATTENTION.get(config) or OUT_OF_REACH.get(config) or f"a {config} model"
+    return CROSS_ATTENTION.get(config) or OUT_OF_REACH.get(config, (None,))[0] or f"a {config} model"
 
 
 def family_of(model) -> Family:
@@ -261,8 +266,7 @@ def family_of(model) -> Family:
         why = (f"{loaded} reads the prompt through cross-attention only: its image tokens never share one "
                f"attention with the text tokens, which is the balance TACA re-weights.")
     elif config in OUT_OF_REACH:
-        why = (f"{loaded} runs a joint text-image attention, but its attention calls bypass ComfyUI's "
-               f"attention override, through which TACA works.")
+        why = f"{loaded} {OUT_OF_REACH[config][1]}"
     else:
         why = f"TACA does not know {loaded} ({type(model.model).__name__}); it has no joint text-image attention TACA knows of."
     supported = "; ".join(f.name for f in FAMILIES)

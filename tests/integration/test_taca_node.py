@@ -13,7 +13,7 @@ import execution
 import folder_paths
 import nodes
 
-from tiny_models import conditioning, empty_latent, sample, tiny_flux, tiny_sd3, tiny_sd15, tiny_wan
+from tiny_models import build_from_config, conditioning, empty_latent, sample, tiny_flux, tiny_sd3, tiny_sd15, tiny_wan
 
 
 def test_registered_with_its_inputs_and_tooltips(taca_node):
@@ -50,6 +50,23 @@ def test_joint_model_beyond_the_attention_override_is_refused_saying_why(taca):
     with pytest.raises(ValueError) as error:
         taca(ernie_image.build(), 1.2, 970.0)
     assert "ERNIE-Image" in str(error.value) and "attention override" in str(error.value)
+
+
+def test_stable_cascade_is_refused_saying_why(taca):
+    # Its image queries attend over image and text keys joined: not cross-attention, and not
+    # the MM-DiT layout TACA covers. The error must say that, not call it cross-attention.
+    import comfy.supported_models
+
+    model = build_from_config(comfy.supported_models.Stable_Cascade_C, {
+        "stable_cascade_stage": "c", "c_in": 16, "c_out": 16, "c_r": 16, "c_cond": 32, "c_hidden": [32, 32],
+        "nhead": [2, 2], "blocks": [[1, 1], [1, 1]], "block_repeat": [[1, 1], [1, 1]], "level_config": ["CTA", "CTA"],
+        "c_clip_text": 32, "c_clip_text_pooled": 32, "c_clip_img": 32, "c_clip_seq": 1, "switch_level": [False],
+    }, seed=0)
+    with pytest.raises(ValueError) as error:
+        taca(model, 1.2, 970.0)
+    message = str(error.value)
+    assert "Stable Cascade" in message and "text keys joined" in message and "cross-attention" not in message
+    assert "bypass" in message
 
 
 def test_a_new_family_that_subclasses_a_known_one_is_refused(taca):
