@@ -49,9 +49,16 @@ def mean(values):
 
 def balance_figure(table: dict) -> np.ndarray:
     """The plot as an RGB image, (height, width, 3) uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as error:
+        raise RuntimeError(
+            "TACA Attention Balance Plot draws with matplotlib, which this ComfyUI's Python lacks. Install the "
+            "pack's requirements into it (pip install -r custom_nodes/<this pack>/requirements.txt, or "
+            "pip install matplotlib), then restart ComfyUI. This run's numbers were written as JSON all the same."
+        ) from error
 
     used = np.array([[np.nan if v is None else v for v in row] for row in table["mass_used"]], dtype=float)
     steps = len(table["timesteps"])
