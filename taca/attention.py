@@ -67,6 +67,13 @@ def text_keys_scaled(k: torch.Tensor, start: int, n_text: int, gamma: Gamma, tok
             k_text.copy_(saved)
 
 
+def visual_queries(q: torch.Tensor, mask: Optional[torch.Tensor], n_text: int, token_dim: int, text_first: bool):
+    """The visual queries of a joint call whose queries hold the text too, and their mask rows."""
+    lq = q.shape[token_dim]
+    start, n_visual = (n_text if text_first else 0), lq - n_text
+    return q.narrow(token_dim, start, n_visual), query_rows(mask, start, n_visual, lq)
+
+
 def taca_attention(
     attend: Attend,
     q: torch.Tensor,
@@ -94,8 +101,8 @@ def taca_attention(
     with text_keys_scaled(k, text_start(lk, n_text, text_first), n_text, gamma, token_dim) as k_scaled:
         if not text_queries:
             return attend(q, k_scaled, v, mask)
-        q_visual, n_visual = (n_text if text_first else 0), lq - n_text
-        out_visual = attend(q.narrow(token_dim, q_visual, n_visual), k_scaled, v, query_rows(mask, q_visual, n_visual, lq))
+        q_visual, mask_visual = visual_queries(q, mask, n_text, token_dim, text_first)
+        out_visual = attend(q_visual, k_scaled, v, mask_visual)
     q_text = text_start(lq, n_text, text_first)
     out_text = attend(q.narrow(token_dim, q_text, n_text), k, v, query_rows(mask, q_text, n_text, lq))
     parts = (out_text, out_visual) if text_first else (out_visual, out_text)
@@ -123,12 +130,11 @@ def text_attention_mass(
     taca_attention (the output's layout does not matter: the mean is over all of it); `v`
     only gives the values' layout.
     """
-    lq, lk = q.shape[token_dim], k.shape[token_dim]
+    lk = k.shape[token_dim]
     on_text = torch.zeros_like(v)
     on_text.narrow(token_dim, text_start(lk, n_text, text_first), n_text).fill_(1)
     if text_queries:
-        q_visual, n_visual = (n_text if text_first else 0), lq - n_text
-        q, mask = q.narrow(token_dim, q_visual, n_visual), query_rows(mask, q_visual, n_visual, lq)
+        q, mask = visual_queries(q, mask, n_text, token_dim, text_first)
     with text_keys_scaled(k, text_start(lk, n_text, text_first), n_text, gamma, token_dim) as k_scaled:
         mass = attend(q, k_scaled, on_text, mask)
     return mass.float().flatten(1).mean(1)

@@ -97,6 +97,11 @@ def build_from_config(config_class, unet_config: dict, seed: int) -> comfy.model
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     randomize_weights(model.diffusion_model, seed)
+    return as_patcher(model)
+
+
+def as_patcher(model) -> comfy.model_patcher.ModelPatcher:
+    """A BaseModel in the ModelPatcher ComfyUI's loaders hand out."""
     return comfy.model_patcher.ModelPatcher(
         model,
         load_device=comfy.model_management.get_torch_device(),

@@ -16,12 +16,10 @@ config instance before building, which ComfyUI's loader never does; the text wid
 
 import torch
 
-import comfy.model_management
-import comfy.model_patcher
 import comfy.supported_models
 
 from tiny_families import TinyFamily
-from tiny_models import randomize_weights, text_conditioning
+from tiny_models import as_patcher, randomize_weights, text_conditioning
 
 LLM_FEATURES = 53248  # Qwen3-VL-8B, 13 tapped layers x 4096 (comfy/text_encoders/ideogram4.py)
 LATENT_CHANNELS = 128  # latent_formats.Flux2: EmptyFlux2LatentImage gives (B, 128, H/16, W/16)
@@ -45,11 +43,7 @@ def build(seed: int = 0):
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     randomize_weights(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return as_patcher(model)
 
 
 def conditioning(model, n_text: int, seed: int = 0) -> list:

@@ -16,12 +16,10 @@ The tests' latent sizes are latent pixels (1/8 of the image): the pixel image is
 
 import torch
 
-import comfy.model_management
-import comfy.model_patcher
 import comfy.supported_models
 
 from tiny_families import TinyFamily
-from tiny_models import patch_tokens, randomize_weights, text_conditioning
+from tiny_models import as_patcher, patch_tokens, randomize_weights, text_conditioning
 
 TEXT_WIDTH = 2304  # Gemma-2-2B (comfy/text_encoders/pixeldit.py)
 TEXT_MAX = 300  # PixDiT_T2I.txt_max_length: the learned y_pos_embedding rows
@@ -52,11 +50,7 @@ def build(config_class, unet_config: dict, seed: int):
     randomize_weights(model.diffusion_model, seed)
     for m, n in scalars:
         m._parameters[n] = torch.nn.Parameter(m._parameters[n].data.reshape(()))
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return as_patcher(model)
 
 
 def conditioning(model, n_text: int, seed: int = 0) -> list:
