@@ -112,6 +112,21 @@ def test_probe_without_taca_and_before_it(taca, tmp_path, monkeypatch):
     assert any(active for *_, active in balance.runs[0].calls)
 
 
+def test_without_matplotlib_the_plot_says_how_to_install_it_and_the_numbers_are_written(taca, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    model = tiny_flux(seed=40)
+    probed, balance = probe(taca(model, GAMMA, 900.0))
+    out = sample(probed, conditioning(model, 12, seed=41), conditioning(model, 12, seed=42), empty_latent(8, 8), steps=2)
+    for module in ("matplotlib", "matplotlib.backends.backend_agg", "matplotlib.figure", "matplotlib.patches"):
+        monkeypatch.setitem(sys.modules, module, None)  # as in a Python without matplotlib: import fails
+    with pytest.raises(RuntimeError, match="pip install matplotlib"):
+        plot(balance, out)
+    (written,) = tmp_path.glob("taca_balance/test_*.json")
+    assert len(json.loads(written.read_text())["timesteps"]) == 2
+
+
 def test_nodes_have_tooltips():
     for node_id in ("TACABalanceProbe", "TACABalancePlot"):
         schema = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()

@@ -1,9 +1,9 @@
 """TACALoraLoader on every joint-attention family: any LoRA ComfyUI's key map understands.
 
 Each family's tiny model gets a LoRA on every Linear layer ComfyUI's key map names
-(tiny_loras.generic_lora). On every step it equals ComfyUI's own merged LoRA; with 'with TACA'
-and the window over the first two of four steps it equals the merged LoRA on those steps and
-no LoRA after them.
+(tiny_loras.generic_lora). On every step it equals ComfyUI's own merged LoRA. The window
+('with TACA') is the same mechanism on every family; test_lora.py tests it on FLUX.1 and
+SD3.5-Medium.
 """
 
 import pytest

@@ -92,6 +92,28 @@ def test_run_across_the_threshold_is_the_two_pieces_stitched(family, loras, taca
 
 
 @pytest.mark.parametrize("family", BUILDERS)
+def test_with_taca_advanced_it_is_on_where_any_gamma_differs_from_one(family, loras):
+    # A ramp down to 1 at the threshold, cond only: γ differs from 1 on the first k steps (for
+    # the cond branch), so the LoRA is on for those steps, on both branches, and off after them.
+    build, targets = BUILDERS[family]
+    model = build()
+    name = loras(f"taca_{family}.safetensors", official_lora(model, targets))
+    steps, k = 6, 3
+    schedule = sigmas(model, steps)
+    advanced = nodes.NODE_CLASS_MAPPINGS["TACAAdvanced"]
+
+    def shaped(m):
+        return advanced.execute(model=m, gamma=1.4, schedule="linear", t_start=1000.0,
+                                t_end=threshold_after_steps(model, steps, k), blocks="all", apply_to="cond only").result[0]
+
+    crossing = run(shaped(lora_loader(model, name)), steps=steps)
+    first = run(shaped(merged_lora(model, name)), schedule=schedule[:k + 1])
+    stitched = run(shaped(model), schedule=schedule[k:], latent=first, add_noise=False)
+    assert (crossing - stitched).abs().max() < 1e-4
+    assert (crossing - run(shaped(model), steps=steps)).abs().max() > 1e-3  # the LoRA was on
+
+
+@pytest.mark.parametrize("family", BUILDERS)
 def test_node_order_does_not_matter(family, loras, taca):
     build, targets = BUILDERS[family]
     model = build()
