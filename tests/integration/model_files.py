@@ -32,6 +32,7 @@ import comfy.ldm.models.autoencoder
 import comfy.sd1_clip
 import comfy.supported_models
 import comfy.utils
+from tiny_families.flux import flux_params
 from tiny_models import randomize_weights, tiny_sd35_large, tiny_sd35_medium
 
 CACHE_VERSION = "1"
@@ -144,7 +145,7 @@ def _prefixed(sd: dict, prefix: str) -> dict:
 
 
 def _flux_dev(seed: int):
-    config = comfy.supported_models.Flux(dict(FLUX_DEV_CONFIG))
+    config = comfy.supported_models.Flux(flux_params(FLUX_DEV_CONFIG))  # the host's FluxParams fields
     config.set_inference_dtype(torch.float32, None)
     model = randomize_weights(config.get_model({}).diffusion_model, seed)
     return {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, config.unet_config
