@@ -2,16 +2,20 @@
 
 Data flows one way. The node clones the model and stores TACASettings in its
 transformer_options. Once per forward, an APPLY_MODEL wrapper turns them into a TACAStep
-(γ for this σ, and where the text sits) and hands it to a forward patch on the diffusion
-model, which passes it down in the transformer_options of that forward. The attention
-override reads the step and calls the pure core in taca.attention. Outside the window the
-step is None and the host's attention runs untouched. A probe (nodes/probe.py) rides the
-same step: the override also measures each joint call's image→text attention mass.
+(γ for this σ, and where the text sits) and puts it in the TACAState that the attention
+override and a forward patch on the diffusion model share. The override reads the step and
+calls the pure core in taca.attention. Outside the window the step is None and the host's
+attention runs untouched. A probe (nodes/probe.py) rides the same step: the override also
+measures each joint call's image→text attention mass.
 
-The step travels through the forward patch's own attribute because torch.compile may drop
-every guard on transformer_options (ComfyUI 0.33's TorchCompileModel does): what the
-compiled code reads of an attribute of the patch it guards, so a new step, a γ or a text
-length it has not seen makes it recompile instead of reusing a graph traced without them.
+Why the step lives in the state and not in transformer_options: torch.compile may drop every
+guard on transformer_options (ComfyUI 0.33's TorchCompileModel does). An attention backend
+that breaks the graph (sub-quadratic and split attention do) makes dynamo compile the override
+on its own, as a frame of its own; what that frame read from transformer_options would then be
+replayed unchecked in every later call: a step from inside the window, the keys of one block's
+options. What it reads of the override's own attributes is guarded, so it recompiles or runs
+eagerly instead. In a graph traced whole, the forward patch reads the same state first, through
+the diffusion model, so the step is guarded there too.
 """
 
 import functools
@@ -21,6 +25,7 @@ from typing import Callable, FrozenSet, Optional, Union
 
 import torch
 
+import comfy.ldm.modules.attention
 import comfy.model_sampling
 import comfy.patcher_extension
 
@@ -32,6 +37,10 @@ from .forward_patch import ForwardPatch, add_forward_patch
 SETTINGS_KEY = "taca"
 STEP_KEY = "taca_step"
 WRAPPER_KEY = "taca"
+COMPILE_KWARGS = "torch_compile_kwargs"  # where comfy_api.torch_helpers keeps TorchCompileModel's settings
+# ComfyUI's attention functions that torch.compile traces without a graph break (measured:
+# PyTorch SDPA; sub-quadratic and split attention break it; the GPU-only ones were not measured).
+UNBROKEN_BY_COMPILE = ("pytorch",)
 OVERRIDE_KEY = "optimized_attention_override"
 COND, UNCOND = 0, 1  # transformer_options["cond_or_uncond"], as ComfyUI's sampler sets it
 
@@ -90,7 +99,8 @@ class TACAStep:
     active: bool  # γ differs from 1 for some batch item
     blocks: Optional[FrozenSet[int]] = None
     probe: Optional[Callable] = None  # probe(block, mass used, mass without TACA, TACA on)
-    joint_calls: int = 0  # joint calls seen so far in this forward
+    joint_calls: int = 0  # joint calls seen so far in this forward, counted where blocks or a probe need it
+    reached: bool = False  # a joint call reached the override in this forward
 
 
 class TACAOverride:
@@ -99,36 +109,36 @@ class TACAOverride:
     ComfyUI calls it as override(func, q, k, v, heads, [mask], **kwargs) with func the
     attention function it selected; heads and mask come positionally or by keyword. An
     override installed before TACA (SageAttention patches and the like) is kept and called
-    with TACA's arguments.
+    with TACA's arguments. The override reads nothing of transformer_options but hands them on.
     """
 
-    def __init__(self, previous=None):
+    def __init__(self, state: "TACAState", previous=None):
+        self.state = state
         self.previous = previous
 
     def __call__(self, func, *args, **kwargs):
         attend = func if self.previous is None else functools.partial(self.previous, func)
-        options = kwargs["transformer_options"]
-        step = options.get(STEP_KEY)
+        step = self.state.step
         if step is None:
             return attend(*args, **kwargs)
         q, k = args[:2]
         token_dim = 2 if kwargs.get("skip_reshape", False) else 1
         if not step.layout.is_joint(q.shape[token_dim], k.shape[token_dim]):
             return attend(*args, **kwargs)
-        block = step.joint_calls
-        step.joint_calls += 1
+        step.reached = True
+        block = None
+        if step.blocks is not None or step.probe is not None:  # only then is the call's index needed
+            block = step.joint_calls
+            step.joint_calls += 1
         active = step.active and (step.blocks is None or block in step.blocks)
         if not active and step.probe is None:
             return attend(*args, **kwargs)
         mask_position = 4 if len(args) > 4 else None
-        # The calls TACA makes carry no step: a TACA override further down the chain (TACA,
-        # another node, TACA again) hands them on untouched.
-        sub_kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: None}}
 
         def attend_rows(q_rows, k_rows, v, mask):
             if mask_position is None:
-                return attend(q_rows, k_rows, v, *args[3:], **{**sub_kwargs, "mask": mask})
-            return attend(q_rows, k_rows, v, *args[3:mask_position], mask, *args[mask_position + 1:], **sub_kwargs)
+                return attend(q_rows, k_rows, v, *args[3:], **{**kwargs, "mask": mask})
+            return attend(q_rows, k_rows, v, *args[3:mask_position], mask, *args[mask_position + 1:], **kwargs)
 
         layout = step.layout
         call = dict(n_text=layout.n_text, token_dim=token_dim, text_first=layout.text_first,
@@ -146,16 +156,22 @@ class TACAOverride:
 
 @dataclass
 class TACAState:
-    """Shared by the wrapper and the forward patch of one model: the step of the forward pass
-    running now, and the attention-balance probe, if one is attached. (model_options are
-    deep-copied by some clones; wrappers and object patches are not.)"""
+    """Shared by the wrapper, the forward patch and the override of one model: the step of the
+    forward pass running now, and the attention-balance probe, if one is attached.
+
+    It is never copied: ComfyUI 0.3.64's clones deep-copy model_options, the override with
+    them, and the copy must still see the steps this model's wrapper records."""
 
     probe: Optional[object] = None  # probe.BalanceProbe
     step: Optional[TACAStep] = None
 
+    def __deepcopy__(self, memo):
+        return self
+
 
 class TACAForward(ForwardPatch):
-    """diffusion_model.forward: the model's forward, with this pass's step in transformer_options."""
+    """diffusion_model.forward: the model's forward, reading this pass's step through the
+    diffusion model, where torch.compile keeps its guards."""
 
     def __init__(self, module, forward, state: TACAState):
         super().__init__(module, forward)
@@ -164,6 +180,8 @@ class TACAForward(ForwardPatch):
     def __call__(self, *args, **kwargs):
         options = kwargs.get("transformer_options")
         if options is not None:  # BaseModel.apply_model always passes them
+            # Read here, a graph traced whole guards the step by this patch's path (the override
+            # reaches the same state through transformer_options, whose guards may be dropped).
             kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: self.state.step}}
         return self.forward(*args, **kwargs)
 
@@ -184,12 +202,49 @@ def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_cr
         out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     finally:
         state.step = None
-    if step.joint_calls == 0:
+    if not step.reached:
         logging.warning(
             f"TACA: no joint text-image attention call reached TACA in this step of {family.name}, so it had "
             f"no effect. Another node may have replaced the model's attention or blocks; place TACA after it."
         )
     return out
+
+
+def attention_backend() -> str:
+    """The name under which ComfyUI registered the attention function it selected at start-up."""
+    selected = comfy.ldm.modules.attention.optimized_attention
+    registered = getattr(comfy.ldm.modules.attention, "REGISTERED_ATTENTION_FUNCTIONS", {})
+    return next((name for name, func in registered.items() if func is selected), selected.__name__)
+
+
+def refuse_a_compile_that_breaks_in_attention(patcher) -> None:
+    """ON_PRE_RUN: stop before sampling where torch.compile would break its graph inside the
+    attention and drop the guards on transformer_options.
+
+    ComfyUI 0.33's TorchCompileModel keeps no guard on transformer_options. A backend that
+    breaks the graph makes dynamo compile ComfyUI's attention wrapper as a frame of its own,
+    whose test for an attention override is then not guarded: compiled with TACA's override
+    there, it would call an override that a later model without TACA lacks (a KeyError), and
+    compiled without one first, it would skip TACA's. Dynamo shares these frames between
+    compiles. Where another node's override picks the attention, every model that node feeds
+    has an override, and TACA's own frames guard what they read, so that runs.
+    """
+    # TorchCompileModel on 0.33 passes options={"guard_filter_fn": …} (torch.compile pops the
+    # function out of that dict); on 0.3.64 it passes none and every guard is kept.
+    filtered = (patcher.model_options.get(COMPILE_KWARGS) or {}).get("options") is not None
+    override = patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
+    backend = attention_backend()
+    if (not filtered or not isinstance(override, TACAOverride) or override.previous is not None
+            or backend in UNBROKEN_BY_COMPILE):
+        return
+    raise RuntimeError(
+        f"TACA with TorchCompileModel: ComfyUI runs attention with its '{backend}' function, which breaks "
+        f"torch.compile's graph inside every attention call, and this TorchCompileModel keeps no guard on the "
+        f"attention settings it compiles, so a compiled step could reuse another model's attention and a later "
+        f"compile without TACA could fail. Nothing was compiled or sampled. Start ComfyUI with "
+        f"--use-pytorch-cross-attention (PyTorch attention compiles without a break), or remove TorchCompileModel "
+        f"or bypass TACA for this run."
+    )
 
 
 def attach(model, probe=None):
@@ -199,10 +254,10 @@ def attach(model, probe=None):
     family = family_of(model)
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    if not isinstance(options.get(OVERRIDE_KEY), TACAOverride):
-        options[OVERRIDE_KEY] = TACAOverride(options.get(OVERRIDE_KEY))
     earlier = patched.object_patches.get("diffusion_model.forward")
     state = TACAState(probe or (earlier.state.probe if isinstance(earlier, TACAForward) else None))
+    previous = options.get(OVERRIDE_KEY)
+    options[OVERRIDE_KEY] = TACAOverride(state, previous.previous if isinstance(previous, TACAOverride) else previous)
 
     def make_forward(module, previous_patch):
         if isinstance(previous_patch, TACAForward):  # attached before on this model: replaced
@@ -210,6 +265,9 @@ def attach(model, probe=None):
         return TACAForward(module, previous_patch, state)
 
     add_forward_patch(patched, "diffusion_model", make_forward)
+    if WRAPPER_KEY not in patched.callbacks.get(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, {}):
+        patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY,
+                                      refuse_a_compile_that_breaks_in_attention)
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, functools.partial(record_step, family, state)
