@@ -89,19 +89,36 @@ def select_blocks(text: str, kinds: Blocks, name: str) -> Optional[FrozenSet[int
     chosen = set()
     for part in (p.strip() for p in text.split(",")):
         numbers = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if part in named:
+        first, last = (int(numbers[1]), int(numbers[2] or numbers[1])) if numbers else (None, None)
+        if part in named and len(named[part]):
             chosen.update(named[part])
-        elif numbers and int(numbers[1]) <= int(numbers[2] or numbers[1]) < total:
-            chosen.update(range(int(numbers[1]), int(numbers[2] or numbers[1]) + 1))
+        elif numbers and first <= last < total:
+            chosen.update(range(first, last + 1))
         else:
-            layout = ", ".join(f"{kind} {r.start}" + (f"–{r.stop - 1}" if len(r) > 1 else "") for kind, r in spans.items() if len(r))
-            kinds_hint = f", or {' / '.join(repr(k) for k in named)}" if named else ""
-            raise ValueError(
-                f"TACA Advanced: blocks {text!r}: {part!r} is not a block of this model. This {name} model has "
-                f"{total} joint blocks, numbered 0–{total - 1} in the order they run ({layout}). Give 'all', block "
-                f"numbers or ranges such as '0-{min(total, 19) - 1}' or '0,2,5-7'{kinds_hint}, separated by commas."
-            )
+            raise ValueError(f"TACA Advanced: blocks {text!r}: {block_problem(part, first, last, named)} "
+                             f"{blocks_help(kinds, spans, named, name)}")
     return frozenset(chosen)
+
+
+def block_problem(part: str, first: Optional[int], last: Optional[int], named: dict) -> str:
+    """What is wrong with one entry of a block string."""
+    if part in named:
+        return f"this model has no {part} blocks."
+    if first is not None and first > last:
+        return f"the range {part!r} is reversed; write it '{last}-{first}'."
+    return f"{part!r} is not a block of this model."
+
+
+def blocks_help(kinds: Blocks, spans: dict, named: dict, name: str) -> str:
+    """The model's joint blocks and what the blocks input takes, for an error message."""
+    total = sum(n for _, n in kinds)
+    layout = ", ".join(f"{kind} {r.start}" + (f"–{r.stop - 1}" if len(r) > 1 else "") for kind, r in spans.items() if len(r))
+    numbered = "numbered 0" if total == 1 else f"numbered 0–{total - 1}"
+    examples = "'0'" if total == 1 else f"block numbers or ranges such as '0-{min(total, 19) - 1}' or '0,{total - 1}'"
+    present = [repr(kind) for kind, r in named.items() if len(r)]
+    kinds_hint = f", or {' / '.join(present)}" if present else ""
+    return (f"This {name} model has {total} joint block{'s' if total != 1 else ''}, {numbered} in the order they run "
+            f"({layout}). Give 'all', {examples}{kinds_hint}, separated by commas.")
 
 
 # --- what the rows read ------------------------------------------------------------------

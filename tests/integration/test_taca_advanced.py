@@ -147,3 +147,23 @@ def test_every_input_has_a_tooltip():
     assert all(i.tooltip for i in schema.inputs)
     defaults = {i.id: i.default for i in schema.inputs if i.id != "model"}
     assert defaults == DEFAULTS
+
+
+def test_a_reversed_range_is_called_reversed():
+    with pytest.raises(ValueError, match=r"the range '1-0' is reversed; write it '0-1'"):
+        advanced(tiny_flux(), blocks="1-0")
+
+
+def test_a_kind_the_model_has_none_of_is_an_error_not_a_no_op():
+    from tiny_families.flux import CONFIG, flux_params
+    from tiny_models import build_from_config
+    import comfy.supported_models
+
+    model = build_from_config(comfy.supported_models.Flux, flux_params({**CONFIG, "depth_single_blocks": 0}), seed=0)
+    with pytest.raises(ValueError) as error:
+        advanced(model, blocks="single")
+    message = str(error.value)
+    assert "this model has no single blocks" in message
+    # One block: no plural, no range example such as '0-0', and no kind that has no blocks.
+    assert "1 joint block," in message and "'0-0'" not in message and "'single'" not in message.split("Give")[1]
+    assert advanced(model, blocks="double") is not None
