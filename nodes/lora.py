@@ -22,7 +22,10 @@ import torch
 
 from ..taca.lowrank import LowRankAdd, LowRankAdds
 from .forward_patch import ForwardPatch, add_forward_patch
+from .architectures import describe
 from .patch import is_identity, taca_settings, window_gamma
+
+NODE = "TACA LoRA Loader"  # its display name, which errors use
 
 # Prefixes the diffusers/PEFT training scripts put before the transformer's module names.
 PEFT_PREFIXES = ("transformer.", "base_model.model.")
@@ -33,7 +36,7 @@ KEY_HINTS = (
     ("single_blocks", "FLUX.1"),
     ("double_blocks", "FLUX.1"),
     ("joint_blocks", "SD3 / SD3.5"),
-    ("transformer_blocks", "an MM-DiT such as SD3 / SD3.5 (diffusers keys)"),
+    ("transformer_blocks", "a diffusers-format transformer, as FLUX.1, SD3 / SD3.5 and others have"),
     ("lora_unet_down", "an SD1.5 / SDXL UNet (kohya keys)"),
     ("down_blocks", "an SD1.5 / SDXL UNet (diffusers keys)"),
     ("input_blocks", "an SD1.5 / SDXL UNet"),
@@ -45,12 +48,12 @@ def load_lora_file(path: str):
     """The LoRA's tensors and safetensors metadata, or an error that names the file."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TACALoraLoader: LoRA file '{name}' was not found at {path}.")
+        raise FileNotFoundError(f"{NODE}: LoRA file '{name}' was not found at {path}.")
     try:
         sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     except Exception as e:
         raise ValueError(
-            f"TACALoraLoader: could not read LoRA file '{name}': it is corrupt, incomplete or not a "
+            f"{NODE}: could not read LoRA file '{name}': it is corrupt, incomplete or not a "
             f"LoRA checkpoint ({type(e).__name__}: {e}). Download it again from huggingface.co/ldiex/TACA."
         ) from e
     return sd, metadata or {}
@@ -107,13 +110,13 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
     mapped = {m for m in modules if m in key_map}
     if not mapped:
         raise ValueError(
-            f"TACALoraLoader: '{name}' has no layer that maps onto this model. It seems to target "
-            f"{describe_target(sd)}; the model is {type(model.model).__name__}. The TACA LoRAs come "
+            f"{NODE}: '{name}' has no layer that maps onto the model connected, {describe(model)}. Its keys are those of "
+            f"{describe_target(sd)}. The TACA LoRAs come "
             f"per base model: use the FLUX.1-dev file with FLUX.1-dev and the SD3.5-Medium file with SD3.5-Medium."
         )
     if len(mapped) < len(modules):
         logging.warning(
-            f"TACALoraLoader: '{name}': {len(mapped)} of {len(modules)} LoRA layers map onto this model; "
+            f"{NODE}: '{name}': {len(mapped)} of {len(modules)} LoRA layers map onto this model; "
             f"{len(modules) - len(mapped)} do not and are ignored (for example '{sorted(modules - mapped)[0]}')."
         )
     if alpha is not None:
@@ -129,13 +132,13 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
             is_lora = isinstance(patch, comfy.weight_adapter.LoRAAdapter)
             kind = "DoRA / conv LoRA" if is_lora else getattr(patch, "name", None) or patch[0]
             raise ValueError(
-                f"TACALoraLoader: '{name}' holds a '{kind}' patch for {key}; this loader applies plain "
+                f"{NODE}: '{name}' holds a '{kind}' patch for {key}; this loader applies plain "
                 f"low-rank LoRA layers only (the format of the TACA LoRAs). Load this file with ComfyUI's LoraLoader."
             )
         module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
         if not key.endswith(".weight") or not isinstance(module, torch.nn.Linear):
             raise ValueError(
-                f"TACALoraLoader: '{name}' has a LoRA for {key}, which is not the weight of a Linear layer "
+                f"{NODE}: '{name}' has a LoRA for {key}, which is not the weight of a Linear layer "
                 f"({type(module).__name__}); this loader adds LoRA beside Linear layers, as the TACA LoRAs are. "
                 f"Load this file with ComfyUI's LoraLoader."
             )
@@ -150,11 +153,10 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
     if misfits:
         path = misfits[0]
         raise ValueError(
-            f"TACALoraLoader: '{name}' does not fit this model: {len(misfits)} of its {len(per_module)} layers "
-            f"have other sizes (for example {path}: LoRA input width {per_module[path][0].down.shape[1]}, "
-            f"model layer {tuple(weights[path].shape)}). "
-            f"It seems to target {describe_target(sd)}; the model is {type(model.model).__name__}. Use the TACA "
-            f"LoRA trained for this base model (FLUX.1-dev or SD3.5-Medium)."
+            f"{NODE}: '{name}' does not fit the model connected, {describe(model)}: {len(misfits)} of its {len(per_module)} "
+            f"layers have other sizes (for example {path}: the LoRA's input width is {per_module[path][0].down.shape[1]}, "
+            f"the model's layer is {tuple(weights[path].shape)}). Its keys are those of {describe_target(sd)}: it was "
+            f"trained for another model. Use the TACA LoRA trained for this base model (FLUX.1-dev or SD3.5-Medium)."
         )
     return {path: LowRankAdds(adds) for path, adds in per_module.items()}
 
@@ -205,7 +207,7 @@ def warn_without_taca(window: LoRAWindow, patcher) -> None:
     """ON_PRE_RUN: once per sampling run, say that a 'with TACA' LoRA will stay off."""
     if not window.every_step and taca_settings(patcher.model_options.get("transformer_options", {})) is None:
         logging.warning(
-            "TACALoraLoader: 'active' is 'with TACA' but this model has no TACA node (bypassed or not "
+            f"{NODE}: 'active' is 'with TACA' but this model has no TACA node (bypassed or not "
             "connected), so the LoRA stays off for this run, as TACA's temperature does. Add a TACA node "
             "to the model to use it, or set 'active' to 'every step'."
         )

@@ -4,7 +4,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from .inputs import number_in_range, one_of
-from .lora import apply_taca_lora
+from .lora import NODE, apply_taca_lora
 
 WITH_TACA = "with TACA"
 EVERY_STEP = "every step"
@@ -17,7 +17,7 @@ class TACALoraLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="TACALoraLoader",
-            display_name="TACA LoRA Loader",
+            display_name=NODE,
             category="model_patches/attention",
             description=(
                 "Loads a TACA LoRA (the authors' FLUX.1-dev and SD3.5-Medium files at huggingface.co/ldiex/TACA, "
@@ -53,7 +53,7 @@ class TACALoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength, active) -> io.NodeOutput:
-        strength = number_in_range("TACALoraLoader", "strength", strength, STRENGTH["min"], STRENGTH["max"])
-        active = one_of("TACALoraLoader", "active", active, ACTIVE)
+        strength = number_in_range(NODE, "strength", strength, STRENGTH["min"], STRENGTH["max"])
+        active = one_of(NODE, "active", active, ACTIVE)
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         return io.NodeOutput(apply_taca_lora(model, path, strength, every_step=active == EVERY_STEP))

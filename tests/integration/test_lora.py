@@ -251,7 +251,11 @@ def test_lora_for_another_architecture(loras):
     with pytest.raises(ValueError) as error:
         lora_loader(tiny_sd3(), loras("taca_flux.safetensors", wide))
     message = str(error.value)
-    assert "taca_flux.safetensors" in message and "FLUX.1" in message and "SD3" in message and "3072" in message
+    assert "taca_flux.safetensors" in message and "FLUX.1" in message and "3072" in message
+    # The model is named once, as what is connected; the LoRA is described by its own keys.
+    connected = "SD3 / SD3.5 (Medium, Large)"  # the family's name in the README's table
+    assert message.startswith("TACA LoRA Loader: ") and f"the model connected, {connected}:" in message
+    assert message.count("SD3") == connected.count("SD3"), message
 
 
 def test_lora_with_no_matching_layer(loras):
@@ -265,7 +269,7 @@ def test_lora_with_no_matching_layer(loras):
 
 def test_corrupt_file(loras):
     (loras.path / "broken.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(ValueError, match="broken.safetensors"):
+    with pytest.raises(ValueError, match="^TACA LoRA Loader: could not read LoRA file 'broken.safetensors'"):
         lora_loader(tiny_sd35_medium(), "broken.safetensors")
 
 
