@@ -19,6 +19,8 @@ STEP = "step (paper)"
 SCHEDULES = (STEP, *RAMPS)
 BOTH, COND_ONLY = "cond and uncond", "cond only"
 BRANCHES = (BOTH, COND_ONLY)
+BELOW_ONE = ("Below 1 it weakens the prompt's hold instead, as an ablation; at 0 the image attends to every prompt "
+             "token alike, whatever the words.")
 
 
 def model_input() -> io.Model.Input:
@@ -48,7 +50,7 @@ class TACA(io.ComfyNode):
                 "Strengthens the prompt's hold on the image in MM-DiT models (FLUX, SD3, Qwen-Image, ...): during the early, "
                 "layout-deciding steps the image-to-text attention logits are multiplied by gamma. "
                 "Fewer missing objects, wrong colors and wrong spatial relations. Pair it with the "
-                "TACA LoRA for the same model (TACALoraLoader). A second TACA node on the same model "
+                "TACA LoRA for the same model (TACA LoRA Loader). A second TACA node on the same model "
                 "replaces the first one's settings."
             ),
             inputs=[
@@ -56,7 +58,7 @@ class TACA(io.ComfyNode):
                 gamma_input(
                     "γ₀: the temperature on image-query × text-key attention logits during the window. "
                     "1.0 turns TACA off. The paper uses 1.2; higher follows the prompt more strongly "
-                    "but can add artifacts (the TACA LoRA removes them)."
+                    "but can add artifacts (the TACA LoRA removes them). " + BELOW_ONE
                 ),
                 io.Float.Input(
                     "threshold", **THRESHOLD, display_mode=io.NumberDisplay.slider,
@@ -93,7 +95,8 @@ class TACAAdvanced(io.ComfyNode):
             ),
             inputs=[
                 model_input(),
-                gamma_input("γ₀: the temperature on image-query × text-key attention logits where TACA is fully on. 1.0 turns it off."),
+                gamma_input("γ₀: the temperature on image-query × text-key attention logits where TACA is fully on. 1.0 turns it "
+                            "off. " + BELOW_ONE),
                 io.Combo.Input(
                     "schedule", options=list(SCHEDULES), default=STEP,
                     tooltip=(

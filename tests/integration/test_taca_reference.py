@@ -45,13 +45,14 @@ def assert_matches(out, ref, baseline):
     assert effect > 100 * TOLERANCE, f"TACA changed the output by only {effect}: the test would prove nothing"
 
 
-def assert_taca_matches_reference(taca, model, positive, negative, latent, after_step, text_lengths, n_visual=None):
+def assert_taca_matches_reference(taca, model, positive, negative, latent, after_step, text_lengths, n_visual=None,
+                                  gamma=GAMMA):
     """Sample with TACA and with the materialized reference (window: the first `after_step`
     steps) and check that they agree, and that TACA changed the output."""
     threshold = threshold_after_step(model, after_step)
     n_visual = image_tokens(model, latent) if n_visual is None else n_visual
-    reference = reference_taca(GAMMA, threshold, text_lengths, n_visual)
-    out = sample(taca(model, GAMMA, threshold), positive, negative, latent, steps=STEPS)
+    reference = reference_taca(gamma, threshold, text_lengths, n_visual)
+    out = sample(taca(model, gamma, threshold), positive, negative, latent, steps=STEPS)
     ref = sample(with_attention_override(model, reference), positive, negative, latent, steps=STEPS)
     assert_matches(out, ref, sample(model, positive, negative, latent, steps=STEPS))
 
@@ -79,6 +80,16 @@ def test_flux_kontext_reference_image_tokens_count_as_visual(taca):
     n_visual = image_tokens(model, latent) + image_tokens(model, reference_image)
     assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=2, text_lengths={24},
                                   n_visual=n_visual)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.7])
+def test_gamma_below_one_is_the_same_exact_scaling(gamma, taca):
+    # γ₀ < 1 weakens the prompt's hold, an ablation the node accepts down to 0, where the image
+    # tokens' logits on the prompt are all 0: they attend to every prompt token alike.
+    model = MODELS["flux"](seed=23)
+    latent = empty_latent(8, 8)
+    positive, negative = conditioning(model, 20, seed=24), conditioning(model, 20, seed=25)
+    assert_taca_matches_reference(taca, model, positive, negative, latent, after_step=2, text_lengths={20}, gamma=gamma)
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
