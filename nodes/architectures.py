@@ -2,7 +2,8 @@
 
 Each row says how to recognise one family, how many text tokens its joint attention
 sequence holds (from what the APPLY_MODEL wrapper receives), where the text sits, how to
-tell its joint calls from its other attention calls, and its joint blocks in call order.
+tell its joint calls from its other attention calls, and the module lists that hold its
+joint blocks, in call order.
 Adding a family means adding a row.
 
 A family is recognised exactly: by the class name of its ComfyUI model configuration
@@ -18,7 +19,7 @@ encoder put inside the prompt) count as text.
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Optional, Tuple, Union
+from typing import Callable, FrozenSet, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -49,6 +50,36 @@ class TextLayout:
         return k_len > self.n_text and (q_len > self.n_text or not self.text_queries)
 
 
+@dataclass(frozen=True)
+class BlockLists:
+    """A family's joint blocks as its diffusion model holds them: ModuleLists, by attribute
+    path, in the order a forward runs them, each block making one joint attention call.
+    Called with the diffusion model, it gives the (kind, count) of each list the model has:
+    lengths("double_blocks", "single_blocks") → (("double", 19), ("single", 38))."""
+
+    paths: Tuple[str, ...]
+
+    def __call__(self, dm) -> Blocks:
+        return tuple((kind, len(blocks)) for _, kind, blocks in self.lists(dm))
+
+    def lists(self, dm):
+        """(path, kind, ModuleList) of each list this model has."""
+        for path in self.paths:
+            blocks = dm
+            for name in path.split("."):
+                blocks = getattr(blocks, name, None)
+            if blocks is not None:
+                yield path, path.rsplit(".", 1)[-1].split("_")[0], blocks
+
+    def modules(self, dm) -> Iterator[Tuple[str, int]]:
+        """Each joint block's module path and its number in call order (as the blocks input counts)."""
+        number = 0
+        for path, _, blocks in self.lists(dm):
+            for i in range(len(blocks)):
+                yield f"{path}.{i}", number
+                number += 1
+
+
 # What a row reads: the diffusion model, the latent x as apply_model gets it, the text
 # conditioning (c_crossattn) and the other conditioning entries (the wrapper's kwargs).
 Count = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], int]
@@ -59,7 +90,7 @@ class Family:
     name: str  # as users know it
     configs: Tuple[str, ...]  # comfy.supported_models class names
     text: Count  # text tokens in the joint sequence
-    blocks: Callable[[torch.nn.Module], Blocks]
+    blocks: BlockLists
     text_first: Union[bool, Callable[[torch.nn.Module], bool]] = True
     visual: Optional[Count] = None  # visual tokens, for families with other calls to tell apart
     text_queries: bool = True  # False where the text queries never reach the override
@@ -141,11 +172,8 @@ def reference_tokens(kwargs, patch) -> int:
     return sum(patch_grid(ref, patch) for ref in kwargs.get("ref_latents") or ())
 
 
-def lengths(*parts: str) -> Callable[[torch.nn.Module], Blocks]:
-    """Blocks from the diffusion model's ModuleLists, in call order: lengths("double_blocks", "single_blocks")."""
-    def blocks(dm) -> Blocks:
-        return tuple((name.split("_")[0], len(getattr(dm, name))) for name in parts if hasattr(dm, name))
-    return blocks
+def lengths(*paths: str) -> BlockLists:
+    return BlockLists(paths)
 
 
 def mmdit_text(dm, x, context, kwargs) -> int:
@@ -218,7 +246,7 @@ FAMILIES = (
     Family("HiDream (I1, E1)", ("HiDream",), hidream_text, lengths("double_stream_blocks", "single_stream_blocks"),
            text_first=False),
     Family("HiDream-O1", ("HiDreamO1",), lambda dm, x, context, kwargs: int(kwargs["ar_len"]),
-           lambda dm: (("layers", len(dm.language_model.layers)),), text_queries=False),
+           lengths("language_model.layers"), text_queries=False),
     Family("HunyuanVideo (1.0, I2V, 1.5), HunyuanImage 2.1",
            ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V", "HunyuanImage21", "HunyuanImage21Refiner",
             "HunyuanVideo15", "HunyuanVideo15_SR_Distilled"),
@@ -291,3 +319,4 @@ def family_of(model) -> Family:
         f"TACA cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
         f"Connect one of those, or bypass the TACA node for this model."
     )
+
