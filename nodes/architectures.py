@@ -16,6 +16,7 @@ audio. Register tokens and text-side extras (byT5, Llama layers, vision tokens t
 encoder put inside the prompt) count as text.
 """
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -305,6 +306,7 @@ def family_of(model) -> Family:
     unet_config = model.model.model_config.unet_config
     for family in FAMILIES:
         if config in family.configs and family.unet(unet_config):
+            refuse_attention_outside_comfy(model.model.diffusion_model, family)
             return family
     loaded = describe(model)
     if config in CROSS_ATTENTION:
@@ -320,3 +322,25 @@ def family_of(model) -> Family:
         f"Connect one of those, or bypass the TACA node for this model."
     )
 
+
+def refuse_attention_outside_comfy(dm: torch.nn.Module, family: Family) -> None:
+    """A ValueError for a diffusion model whose attention cannot reach ComfyUI's override: a
+    class from outside ComfyUI's own models (comfy.ldm) whose forward does not take the
+    transformer_options that carry it (Nunchaku-style wrappers around another library's
+    model). One that takes them may hand them on; TACA's first step inside its window tells."""
+    cls = type(dm)
+    if any(c.__module__.startswith("comfy.ldm.") for c in cls.__mro__):
+        return
+    try:
+        parameters = inspect.signature(cls.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.name == "transformer_options" or p.kind == p.VAR_POSITIONAL for p in parameters):
+        return
+    raise ValueError(
+        f"TACA cannot be applied to this model: its diffusion model is {cls.__name__} from the module "
+        f"{cls.__module__}, not ComfyUI's own {family.name} model, and its forward takes no transformer_options, "
+        f"so its attention does not go through ComfyUI's attention, whose override TACA works through: TACA would "
+        f"have no effect. Load the model with ComfyUI's own loader (Load Diffusion Model, or a loader that builds "
+        f"ComfyUI's model classes), or bypass the TACA node for this model."
+    )

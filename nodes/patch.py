@@ -175,6 +175,7 @@ class TACAState:
 
     probe: Optional[object] = None  # probe.BalanceProbe
     step: Optional[TACAStep] = None
+    reached: bool = False  # a joint call of this model has reached the override
 
     def __deepcopy__(self, memo):
         return self
@@ -253,10 +254,24 @@ def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_cr
         out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     finally:
         state.step = None
-    if not step.reached:
+    if step.reached:
+        state.reached = True
+    elif not state.reached:  # once joint calls have reached TACA, a forward without any was skipped (a step cache)
+        dm = executor.class_obj.diffusion_model
+        dm = getattr(dm, "_orig_mod", dm)  # torch.compile's wrapper: the model it compiled
+        if active:
+            raise RuntimeError(
+                f"TACA: no joint text-image attention call of this {family.name} model reached TACA in the first step "
+                f"inside its window, so TACA would have no effect. The diffusion model is {type(dm).__name__} from the "
+                f"module {type(dm).__module__}: its attention does not go through ComfyUI's attention with the "
+                f"transformer_options that carry TACA's override (or another node replaced the model's attention or "
+                f"blocks). Load the model with ComfyUI's own loader, place TACA after the node that replaced the "
+                f"attention, or bypass TACA for this model."
+            )
         logging.warning(
-            f"TACA: no joint text-image attention call reached TACA in this step of {family.name}, so it had "
-            f"no effect. Another node may have replaced the model's attention or blocks; place TACA after it."
+            f"TACA: no joint text-image attention call reached TACA in this step of {family.name} "
+            f"({type(dm).__name__} from {type(dm).__module__}), so the probe recorded nothing. Another node may have "
+            f"replaced the model's attention or blocks; place TACA after it."
         )
     return out
 
