@@ -77,7 +77,7 @@ class TACABalancePlot(io.ComfyNode):
                 f"{len(balance.runs)})."
             )
         table = balance_table(run)
-        if not table["timesteps"]:
+        if all(table["skipped"]):  # no step with a joint call recorded
             raise ValueError(
                 f"TACA Attention Balance Plot: the run recorded no joint attention call of {run.family} for the prompt "
                 f"(cond). Was another node replacing the model's attention?"

@@ -14,7 +14,10 @@ from .patch import COND
 
 
 def balance_table(run) -> dict:
-    """A run's record of the prompt's guidance branch (cond), as lists: per step and block."""
+    """A run's record of the prompt's guidance branch (cond), as lists: per step and block.
+
+    A step of the sampler's schedule with no joint call recorded was skipped (a step cache
+    reused an earlier output): it is listed, marked in `skipped`, with no mass (None)."""
     steps, cells = OrderedDict(), {}
     for t, block, branch, used, plain, active in run.calls:
         if branch != COND:
@@ -25,20 +28,29 @@ def balance_table(run) -> dict:
         cell[1] += plain
         cell[2] += 1
         cell[3] |= active
+    order, skipped = list(steps), {}
+    for t, active in getattr(run, "schedule", ()):
+        key = round(t, 6)
+        if all(abs(key - k) > 1e-3 for k in order):  # inserted in time order: before the first step below it
+            skipped[key] = active
+            order.insert(next((i for i, k in enumerate(order) if k < key), len(order)), key)
+    position = {key: i for i, key in enumerate(order)}
     blocks = run.blocks
-    used = [[None] * len(steps) for _ in range(blocks)]
-    plain = [[None] * len(steps) for _ in range(blocks)]
-    window = [False] * len(steps)
+    used = [[None] * len(order) for _ in range(blocks)]
+    plain = [[None] * len(order) for _ in range(blocks)]
+    window = [skipped.get(key, False) for key in order]
+    recorded = list(steps)
     for (step, block), (u, p, n, active) in cells.items():
+        column = position[recorded[step]]
         if block < blocks:
-            used[block][step], plain[block][step] = u / n, p / n
-        window[step] |= active
+            used[block][column], plain[block][column] = u / n, p / n
+        window[column] |= active
     return {
         "family": run.family, "taca": run.settings, "blocks": blocks, "block_kinds": [list(k) for k in run.kinds],
-        "timesteps": list(steps), "in_window": window,
+        "timesteps": order, "in_window": window, "skipped": [key in skipped for key in order],
         "mass_used": used, "mass_without_taca": plain,
-        "step_mean_used": [mean(column) for column in zip(*used)] if steps else [],
-        "step_mean_without_taca": [mean(column) for column in zip(*plain)] if steps else [],
+        "step_mean_used": [mean(column) for column in zip(*used)] if order else [],
+        "step_mean_without_taca": [mean(column) for column in zip(*plain)] if order else [],
     }
 
 

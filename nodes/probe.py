@@ -5,7 +5,8 @@ text keys. The probe records it for every joint attention call of every forward 
 sampling run (taca.attention.text_attention_mass, exact, no L×L logits): the mass with the
 logits the model used, and, where TACA's temperature was on, the mass without it. A run's
 record is kept with the latent it produced, so the plot shows the run that made the latent
-it is given.
+it is given. The run also keeps the sampler's steps: a step with no joint call recorded was
+skipped (a step cache, EasyCache or LazyCache, reused an earlier output), not a step of zeros.
 """
 
 import functools
@@ -34,6 +35,8 @@ class BalanceRun:
     # (t, block, branch, mass used, mass without TACA, TACA on): a row per batch item of a joint call
     calls: List[tuple] = field(default_factory=list)
     output: Optional[torch.Tensor] = None  # the sampled latent, on the CPU
+    # (t, TACA on for the prompt's branch) of each step the sampler took, whether the model ran in it or not
+    schedule: List[tuple] = field(default_factory=list)
 
     def record(self, timesteps: list, branches: list, block: int, used: torch.Tensor, plain: torch.Tensor, active: bool):
         used, plain = used.tolist(), plain.tolist()
@@ -63,9 +66,15 @@ class BalanceProbe:
         kinds = family.blocks(dm)
         self.current = BalanceRun(family.name, settings.description if settings else "", sum(n for _, n in kinds), kinds)
 
-    def finish(self, output: torch.Tensor):
+    def finish(self, output: torch.Tensor, guider=None, sigmas: Optional[torch.Tensor] = None):
         if self.current is not None:
             self.current.output = output.detach().to("cpu", copy=True)
+            if guider is not None and sigmas is not None and len(sigmas) > 1:
+                model_sampling = guider.model_patcher.get_model_object("model_sampling")
+                settings = taca_settings(guider.model_options.get("transformer_options", {}))
+                timesteps = paper_timesteps(model_sampling, sigmas[:-1].detach().cpu())
+                self.current.schedule = [(t, settings is not None and settings.gamma_for([t], [COND]) != 1)
+                                         for t in timesteps]
             self.runs.append(self.current)
         self.current = None
 
@@ -86,9 +95,9 @@ def apply_probe(model):
     patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, key,
                                   lambda patcher: probe.begin(family, patcher.model.diffusion_model, patcher))
 
-    def keep_output(executor, *args, **kwargs):
+    def keep_output(executor, *args, **kwargs):  # CFGGuider.outer_sample(noise, latent_image, sampler, sigmas, ...)
         output = executor(*args, **kwargs)
-        probe.finish(output)
+        probe.finish(output, executor.class_obj, args[3] if len(args) > 3 else kwargs.get("sigmas"))
         return output
 
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, key, keep_output)
