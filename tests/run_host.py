@@ -1,8 +1,8 @@
-"""Run the whole test suite against one ComfyUI host: python tests/run_host.py COMFYUI_FOLDER [pytest options]
+"""Run the test suite against one ComfyUI host: python tests/run_host.py COMFYUI_FOLDER [pytest options] [test paths]
 
 Use the Python environment that has that ComfyUI's requirements (its venv): the script runs
 pytest with that same Python and COMFYUI_PATH set to the folder, after naming the ComfyUI
-and frontend versions it tests. Standard library only.
+and frontend versions it tests: the whole suite, or only the test files given. Standard library only.
 """
 
 import importlib.metadata
@@ -34,7 +34,10 @@ def main(argv) -> int:
     except importlib.metadata.PackageNotFoundError:
         frontend = "not installed in this Python"
     print(f"ComfyUI {comfyui_version(folder)} at {folder}, frontend {frontend}, Python {sys.executable}", flush=True)
-    command = [sys.executable, "-m", "pytest", str(TESTS), *argv[1:]]
+    options = argv[1:]
+    # Test files or folders given: run those; otherwise the whole suite.
+    named = any(not arg.startswith("-") and Path(arg.split("::")[0]).exists() for arg in options)
+    command = [sys.executable, "-m", "pytest", *([] if named else [str(TESTS)]), *options]
     return subprocess.call(command, env={**os.environ, "COMFYUI_PATH": str(folder)}, cwd=TESTS.parent)
 
 
