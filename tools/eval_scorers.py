@@ -315,11 +315,12 @@ class ZeroShotDetector:
         return out
 
     def _pixel_boxes(self, boxes, width: int, height: int):
+        import torch
+
         # (cx, cy, w, h) relative to the model's input: OWLv2 pads the image to a square at its
         # bottom and right, OWL-ViT stretches it.
         scale_x, scale_y = (max(width, height),) * 2 if self.model_type == "owlv2" else (width, height)
         cx, cy, w, h = boxes.unbind(-1)
-        import torch
         return torch.stack([(cx - w / 2) * scale_x, (cy - h / 2) * scale_y,
                             (cx + w / 2) * scale_x, (cy + h / 2) * scale_y], dim=-1)
 
@@ -400,7 +401,9 @@ class Scorers:
                 "method": "T2I-CompBench BLIP-VQA: one question '<noun phrase>?' per noun phrase (at most "
                           f"{MAX_PHRASES}; {', '.join(repr(p) for p in SKIPPED_PHRASES)} skipped); P(yes) = "
                           "p(yes) / (p(yes) + p(no)) at the decoder's first answer token; the score is the "
-                          "product over the phrases",
+                          "product over the phrases; questions start with BLIP's [ENC] token as in BLIP's own "
+                          "VQA code; images at the checkpoint processor's size (384 for the Hugging Face "
+                          "conversion; T2I-CompBench's original BLIP ran at 480)",
                 "phrases": phrase_source(),
             },
             "spatial": {
