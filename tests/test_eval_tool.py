@@ -93,6 +93,38 @@ def test_every_setting_uses_the_same_prompts_and_seeds():
     assert all(pairs == per_setting[0] for pairs in per_setting)
 
 
+def test_prompts_from_several_sources_in_order_without_repeats(tmp_path):
+    quick = taca_eval.load_prompt_list(["quick"])
+    assert len(quick) == 40 and {c for _, c in quick} == {"color", "shape", "texture", "spatial"}
+    (tmp_path / "color_val.txt").write_text("a red book and a blue cup\na green bench and a blue bowl\na red book and a blue cup\n")
+    (tmp_path / "mine.txt").write_text("a cat\n")
+    prompts = taca_eval.load_prompt_list([str(tmp_path / "color_val.txt"), str(tmp_path / "mine.txt")], limit=3)
+    assert prompts == [("a red book and a blue cup", "color"), ("a green bench and a blue bowl", "color"), ("a cat", "other")]
+    assert taca_eval.load_prompt_list([str(tmp_path / "color_val.txt")], limit=1) == prompts[:1]
+    with pytest.raises(EvalError, match="nowhere.txt"):
+        taca_eval.load_prompt_list([str(tmp_path / "nowhere.txt")])
+    with pytest.raises(EvalError, match="Name the phase first"):
+        taca_eval.load_prompt_list([str(tmp_path / "mine.txt"), "report"])
+
+
+def test_progress_shows_images_done_rate_eta_and_an_estimate_after_the_first_images(monkeypatch):
+    import io
+
+    clock = iter([0.0, 30.0, 40.0, 50.0, 60.0])  # start; the first image loads the models, then 10 s each
+    monkeypatch.setattr(taca_eval.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    progress = taca_eval.Progress(total=6, done=2, todo=4, stream=stream, earlier=[8.0, 12.0, 10.0])
+    for n in range(4):
+        progress.image_done(f"image {n}")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "6 images in the plan: 2 done before, 4 to make"
+    assert lines[1] == "earlier images of this workflow took 10.0 s each (median of 3): about 0:00:40 for the 4 to make"
+    assert lines[2].startswith("[3/6] ") and "rate after the next image" in lines[2]
+    assert lines[3] == "estimate: the first image took 30.0 s (loading the models), the next 10.0 s: about 0:01:00 for all 4"
+    assert lines[4].startswith("[4/6] " + "█" * 16 + "░" * 8) and "10.0 s/image, ETA 0:00:20  image 1" in lines[4]
+    assert lines[-1].startswith("[6/6] " + "█" * 24) and "ETA 0:00:00" in lines[-1]
+
+
 # --- the folder: resumable ------------------------------------------------------------------
 
 def add(store, key, **extra):
@@ -101,7 +133,7 @@ def add(store, key, **extra):
 
 def test_an_image_counts_once_its_file_and_then_its_index_line_are_written(tmp_path):
     store = Store(str(tmp_path))
-    store.open_for_writing()
+    store.hold("generate")
     add(store, "a" * 24, seconds=1.5)
     assert list(store.index()) == ["a" * 24] and Path(store.image_path("a" * 24)).read_bytes() == png()
     # A run killed after the file but before the index line: the image is made again.
@@ -115,7 +147,7 @@ def test_an_image_counts_once_its_file_and_then_its_index_line_are_written(tmp_p
 
 def test_a_torn_last_line_and_half_written_files_of_a_killed_run_are_left_behind(tmp_path):
     store = Store(str(tmp_path))
-    store.open_for_writing()
+    store.hold("generate")
     add(store, "a" * 24)
     with open(store.index_path, "ab") as f:
         f.write(b'{"key": "dddd')  # killed mid-line
@@ -123,7 +155,7 @@ def test_a_torn_last_line_and_half_written_files_of_a_killed_run_are_left_behind
     store.close()
 
     again = Store(str(tmp_path))
-    again.open_for_writing()
+    again.hold("generate")
     assert not list(Path(again.images).glob("*.partial"))
     add(again, "f" * 24)
     assert sorted(again.index()) == ["a" * 24, "f" * 24]
@@ -132,20 +164,23 @@ def test_a_torn_last_line_and_half_written_files_of_a_killed_run_are_left_behind
     again.close()
 
 
-def test_one_writer_at_a_time(tmp_path):
+def test_one_generate_and_one_score_at_a_time(tmp_path):
     pytest.importorskip("fcntl")
     first, second = Store(str(tmp_path)), Store(str(tmp_path))
-    first.open_for_writing()
-    with pytest.raises(EvalError, match="another taca_eval is writing"):
-        second.open_for_writing()
+    first.hold("generate")
+    with pytest.raises(EvalError, match="another taca_eval generate is running"):
+        second.hold("generate")
+    second.hold("score")  # scoring what is made beside a run that makes more
+    with pytest.raises(EvalError, match="another taca_eval score is running"):
+        first.hold("score")
     first.close()
-    second.open_for_writing()  # the lock goes with its holder
+    second.hold("generate")  # a lock goes with its holder
     second.close()
 
 
 def test_a_rerun_makes_only_what_is_missing_and_a_new_setting_only_its_images(tmp_path):
     store = Store(str(tmp_path))
-    store.open_for_writing()
+    store.hold("generate")
     first = plan()
     for key, *_ in plan_jobs(first)[:5]:
         add(store, key)
@@ -161,7 +196,7 @@ def test_a_rerun_makes_only_what_is_missing_and_a_new_setting_only_its_images(tm
 
 def test_scores_are_kept_per_image_and_per_scorer_models(tmp_path):
     store = Store(str(tmp_path))
-    store.open_for_writing()
+    store.hold("generate")
     store.add_scores("s1", {"blip": "a"}, {"k1": {"clip": 0.3, "attribute": 0.5}})
     store.add_scores("s2", {"blip": "b"}, {"k1": {"clip": 0.1, "attribute": 0.2}})
     store.add_scores("s1", {"blip": "a"}, {"k2": {"clip": 0.4, "spatial": 1.0}})

@@ -216,7 +216,7 @@ document.querySelectorAll('.controls button').forEach(b=>b.onclick=()=>{category
 document.getElementById('sort').onchange=e=>{const [key,dir]=e.target.value.split(' ');
   const v=r=>{const x=parseFloat(r.dataset[key]);return isNaN(x)?null:x;};
   const sorted=[...rows].sort((a,b)=>{if(key==='order')return (+a.dataset.order)-(+b.dataset.order);
-    const x=v(a),y=v(b);if(x===null)return 1;if(y===null)return -1;return dir==='up'?y-x:x-y;});
+    const x=v(a),y=v(b);if(x===null||y===null)return (x===null)-(y===null);return dir==='up'?y-x:x-y;});
   for(const r of sorted)list.appendChild(r);};
 """
 

@@ -211,31 +211,34 @@ class Store:
         self.scores_path = os.path.join(out, "scores.jsonl")
         self.scorers_path = os.path.join(out, "scorers.json")
         self.plan_path = os.path.join(out, "plan.json")
-        self.lock = None
+        self.locks = {}
 
-    def open_for_writing(self) -> None:
-        """Make the folder, hold its lock (one writer at a time), drop files a killed run left half-written."""
+    def hold(self, phase: str) -> None:
+        """Make the folder and hold the phase's lock: one generate and one score at a time, each beside the
+        other (a report of what is there can run any time). Generating first drops the files a killed run
+        left half-written."""
         os.makedirs(self.images, exist_ok=True)
         try:
             import fcntl
         except ImportError:  # Windows: no lock
             fcntl = None
-        if fcntl is not None and self.lock is None:
-            self.lock = open(os.path.join(self.out, ".lock"), "a+")
+        if fcntl is not None and phase not in self.locks:
+            lock = open(os.path.join(self.out, f".{phase}.lock"), "a+")
             try:
-                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                self.lock.close()
-                self.lock = None
-                raise EvalError(f"another taca_eval is writing to {self.out}; wait for it to finish or use another --out") from None
-        for name in os.listdir(self.images):
-            if name.endswith(".partial"):
-                os.remove(os.path.join(self.images, name))
+                lock.close()
+                raise EvalError(f"another taca_eval {phase} is running on {self.out}; wait for it to finish or use another --out") from None
+            self.locks[phase] = lock
+        if phase == "generate":
+            for name in os.listdir(self.images):
+                if name.endswith(".partial"):
+                    os.remove(os.path.join(self.images, name))
 
     def close(self) -> None:
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
+        for lock in self.locks.values():
+            lock.close()
+        self.locks = {}
 
     def image_path(self, key: str) -> str:
         return os.path.join(self.images, f"{key}.png")
@@ -534,6 +537,8 @@ def load_prompt_list(sources, limit=None) -> list:
 
     prompts = []
     for source in sources:
+        if source in PHASES and not os.path.exists(source):
+            raise EvalError(f"--prompts {source}: no such file. Name the phase first: taca_eval.py {source} --prompts ...")
         try:
             loaded = load_prompts(None if source == "quick" else source)
         except (OSError, ValueError) as e:
@@ -674,20 +679,26 @@ def main(argv=None) -> int:
         if args.phase in ("all", "generate"):
             workflow = load_workflow(args.workflow)
             prompts = load_prompt_list(args.prompts, args.limit)
-            store.open_for_writing()
+            store.hold("generate")
             plan = generate(args, store, workflow, prompts)
         else:
             plan = store.plan()
-            store.open_for_writing()
         if args.phase == "generate":
             return 0
-        sid = score(args, store, plan) if args.phase in ("all", "score") else None
+        if args.phase in ("all", "score"):
+            store.hold("score")
+            sid = score(args, store, plan)
+        else:
+            sid = None
         if args.phase == "score":
             return 0
         return report(args, store, plan, sid)
     except (EvalError, ComfyError, WorkflowError, OSError) as e:
         print(f"taca_eval: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ntaca_eval: interrupted; what is done is kept in {args.out}: run the same command again to go on", file=sys.stderr)
+        return 130
     finally:
         store.close()
 
