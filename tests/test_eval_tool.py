@@ -300,6 +300,25 @@ def test_the_report_files_hold_every_number_and_image(tmp_path):
     assert "src=\"http" not in page and "<script src" not in page  # self-contained
 
 
+def test_a_large_gallery_keeps_the_prompts_and_seeds_that_moved_most(tmp_path):
+    import eval_report
+
+    p = plan(seeds=(0, 1, 2))  # 2 prompts x 3 seeds: 6 rows
+    moved = {("color", 0): 0.3, ("color", 1): 0.01, ("color", 2): -0.5, ("spatial", 0): 0.0, ("spatial", 1): 0.02, ("spatial", 2): 0.1}
+
+    def scores(text, category, seed, i):
+        metric = "attribute" if category == "color" else "spatial"
+        return {metric: 0.4 + (moved[category, seed] if i else 0.0), "clip": 0.3}
+
+    rows = [{**r, "file": None} for r in rows_for(p, scores)]
+    summary = eval_report.summarize(p["settings"], ["baseline", "TACA"], rows, n_boot=10)
+    page = eval_report.html_report(summary, rows, ["baseline", "TACA"], {}, str(tmp_path), 64, "", gallery=3)
+    shown = re.findall(r'<span class="tag">(\w+) · seed (\d)</span>', page)
+    assert shown == [("color", "0"), ("color", "2"), ("spatial", "2")] and "shows 3 of the 6 prompts and seeds" in page
+    page = eval_report.html_report(summary, rows, ["baseline", "TACA"], {}, str(tmp_path), 64, "", gallery=6)
+    assert page.count('class="row"') == 6 and "of the 6" not in page
+
+
 def test_the_html_shrinks_large_images_to_jpeg(tmp_path):
     pytest.importorskip("PIL")
     import eval_report

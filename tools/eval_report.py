@@ -221,7 +221,17 @@ document.getElementById('sort').onchange=e=>{const [key,dir]=e.target.value.spli
 """
 
 
-def html_report(summary: dict, rows: list, labels: list, meta: dict, out: str, size: int, notes: str) -> str:
+def change_of(by_setting: dict, column, clip_column) -> float:
+    """How much a prompt and seed moved: the largest |Δ| from the baseline over the settings, on the
+    category's score (CLIP where the category has none); -1 where nothing is scored."""
+    base, changes = by_setting.get(0), [-1.0]
+    col = column or clip_column
+    if base is not None and col is not None and (b := value_of(base, col)) is not None:
+        changes += [abs(v - b) for i, r in by_setting.items() if i and (v := value_of(r, col)) is not None]
+    return max(changes)
+
+
+def html_report(summary: dict, rows: list, labels: list, meta: dict, out: str, size: int, notes: str, gallery: int = 500) -> str:
     esc = html.escape
     cols = summary["columns"]
     head = "".join(f"<th>{esc(c['name'])}</th>" for c in cols)
@@ -243,8 +253,15 @@ def html_report(summary: dict, rows: list, labels: list, meta: dict, out: str, s
         for what, name in (("score", "the category's score"), ("clip", "CLIP")):
             for direction, words in (("up", "most improved first"), ("down", "most worsened first")):
                 options.append(f'<option value="d{i}{what} {direction}">Δ {esc(name)}, {esc(labels[i])}: {words}</option>')
+    shown, notice = list(groups.items()), ""
+    if len(shown) > gallery:  # a whole benchmark would make a page no browser opens: keep what moved most
+        kept = sorted(range(len(shown)), key=lambda k: -change_of(shown[k][1], by_category.get(shown[k][0][1]), clip_column))
+        shown = [shown[k] for k in sorted(kept[:gallery])]
+        notice = (f"<p><b>The gallery shows {gallery} of the {len(groups)} prompts and seeds: those whose score moved "
+                  "most from the baseline in any setting (report.json and scores.csv hold them all; --gallery N "
+                  "shows more).</b></p>")
     html_rows = []
-    for order, ((prompt, category, seed), by_setting) in enumerate(groups.items()):
+    for order, ((prompt, category, seed), by_setting) in enumerate(shown):
         column = by_category.get(category)
         base = by_setting.get(0)
         data, figures = [f'data-order="{order}"', f'data-category="{esc(category or "")}"'], []
@@ -276,7 +293,7 @@ def html_report(summary: dict, rows: list, labels: list, meta: dict, out: str, s
             f':root{{--size:{min(size, 256)}px}}</style></head><body><h1>TACA evaluation</h1>'
             f'<table class="summary"><tr><th>setting</th>{head}</tr>{body}</table><p>{esc(LEGEND)}</p>'
             + "".join(f"<p>{esc(line)}</p>" for line in notes.split("\n") if line.strip())
-            + f'<div class="controls"><button data-category="all" class="on">all</button>{buttons} '
+            + notice + f'<div class="controls"><button data-category="all" class="on">all</button>{buttons} '
             f'<label>sort: <select id="sort">{"".join(options)}</select></label></div>'
             f'<div id="rows">{"".join(html_rows)}</div><script>{HTML_SCRIPT}</script></body></html>')
 
@@ -331,7 +348,8 @@ def plot(summary: dict, path: str) -> None:
     figure.savefig(path, dpi=110)
 
 
-def write_report(out: str, settings: list, labels: list, rows: list, meta: dict, n_boot: int = 2000, html_size: int = 512) -> dict:
+def write_report(out: str, settings: list, labels: list, rows: list, meta: dict, n_boot: int = 2000, html_size: int = 256,
+                 gallery: int = 500) -> dict:
     """Every report file in `out`; {"markdown": the table as text, "files": {kind: path}, "problems": [...]}.
 
     rows: one per planned image: key, prompt, category, seed, setting (index into settings, 0 the
@@ -350,7 +368,7 @@ def write_report(out: str, settings: list, labels: list, rows: list, meta: dict,
     notes = text.split(LEGEND, 1)[-1] if LEGEND in text else text.split("\n", 2)[-1]
     files["html"] = os.path.join(out, "report.html")
     with open(files["html"], "w", encoding="utf-8") as f:
-        f.write(html_report(summary, rows, labels, meta, out, html_size, notes))
+        f.write(html_report(summary, rows, labels, meta, out, html_size, notes, gallery))
     if summary["columns"] and len(settings) > 1:
         try:
             plot(summary, os.path.join(out, "report.png"))

@@ -105,7 +105,9 @@ def parse_args(argv=None):
 
     r = p.add_argument_group("the report")
     r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (default: %(default)s)")
-    r.add_argument("--html-size", type=int, default=512, help="longest side of the images in report.html, in pixels (default: %(default)s)")
+    r.add_argument("--html-size", type=int, default=256, help="longest side of the images in report.html, in pixels (default: %(default)s)")
+    r.add_argument("--gallery", type=int, default=500,
+                   help="most prompt-and-seed rows in report.html; beyond it, those whose scores moved most (default: %(default)s)")
     args = p.parse_args(argv)
     if args.phase in ("all", "generate") and not (args.comfyui or args.server):
         p.error(f"the {args.phase} phase needs --comfyui PATH (start a ComfyUI) or --server URL (use a running one)")
@@ -663,7 +665,7 @@ def report(args, store: Store, plan: dict, sid=None) -> int:
     meta = {"workflow": plan["workflow"], "workflow_file": plan.get("workflow_file"), "comfyui": plan.get("comfyui"),
             "seeds": plan["seeds"], "scorers": scorers.get(sid, {}), "bootstrap": args.bootstrap}
     written = eval_report.write_report(store.out, plan["settings"], [setting_label(s) for s in plan["settings"]],
-                                       rows, meta, n_boot=args.bootstrap, html_size=args.html_size)
+                                       rows, meta, n_boot=args.bootstrap, html_size=args.html_size, gallery=args.gallery)
     print(written["markdown"])
     for path in written["files"].values():
         print(f"wrote {path}", file=sys.stderr)
