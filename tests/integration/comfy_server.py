@@ -34,11 +34,10 @@ SIDE_BY_SIDE = "taca_flux_dev_side_by_side"
 BALANCE = "taca_attention_balance"
 ARTIFACTS = PACK / "test-artifacts"
 SERVER_ARGS = ("--cpu", "--database-url", "sqlite:///:memory:", "--disable-api-nodes")
-# Frontend settings for a clean first visit: no welcome template browser, no minimap over
-# the graph; the dialogs and link validation under test stay on (their defaults).
+# Frontend settings for a clean first visit: no welcome template browser; the minimap, the
+# dialogs and link validation under test stay on (their defaults).
 FRONTEND_SETTINGS = {
     "Comfy.TutorialCompleted": True,
-    "Comfy.Minimap.Visible": False,
     "Comfy.Validation.Workflows": True,
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": True,

@@ -1,8 +1,13 @@
 """The shipped workflows in a real browser: headless Chromium on the frontend a real ComfyUI serves.
 
-Each workflow is fetched from the route ComfyUI's template browser reads it from and loaded
-the way the template browser loads it (app.loadGraphData). Then: no missing-node dialog, no
-link-repair or validation message, only the missing-model notices for the files the test
+The window is 1600×900 with the frontend's default minimap on. Each workflow is fetched from
+the route ComfyUI's template browser reads it from and loaded the way the template browser
+loads it (app.loadGraphData with openSource 'template': frontend 1.27 restores the view saved
+in the workflow, extra.ds; 1.49 fits the view to the nodes). It opens readable, as a template
+and as a file: its zoom is at or above the zoom below which the frontend draws nodes without
+text (read from the frontend: its canvas's threshold, from the setting
+LiteGraph.Canvas.MinFontSizeForLOD), no node is under the minimap or outside the window, and
+the note's text fits. Then: no missing-node dialog, no link-repair or validation message, only the missing-model notices for the files the test
 server lacks on purpose (a dialog in frontend 1.27, an error overlay in 1.49), no two nodes
 overlapping on the canvas, the Markdown note rendered, the graph as saved, the frontend's
 own API conversion equal to ours, a screenshot (test-artifacts/browser/). Queued from the
@@ -38,13 +43,56 @@ sync_api = pytest.importorskip(
 
 UPDATE_SCREENSHOTS = os.environ.get("TACA_UPDATE_SCREENSHOTS") == "1"
 SCREENSHOTS = ARTIFACTS / "browser"
-VIEWPORT = {"width": 1600, "height": 1000}
-CANVAS = (64, 80, 1600, 1000)  # the graph, right of the side bar and below the tab and menu bars
+VIEWPORT = {"width": 1600, "height": 900}  # a usual laptop window; 1920×1080 is easier
+THUMBNAIL_MARGIN, THUMBNAIL_WIDTH = 16, 768  # pixels around the nodes in a thumbnail; its largest width
 
+# As each frontend's template browser opens a template; 1.27 takes no openSource and restores
+# extra.ds, 1.49 fits the view to the nodes for openSource 'template'.
 LOAD_TEMPLATE_JS = """
 async ([url, name]) => {
   const workflow = await (await fetch(url)).json();
-  await window.app.loadGraphData(workflow, true, true, name);  // as the template browser does
+  await window.app.loadGraphData(workflow, true, true, name, {openSource: 'template'});
+}
+"""
+# As a dropped or opened file: the saved view, extra.ds, in both frontends.
+LOAD_FILE_JS = """
+async ([url, name]) => {
+  const workflow = await (await fetch(url)).json();
+  await window.app.loadGraphData(workflow, true, true, name);
+}
+"""
+# The view a workflow opened at, and what the frontend itself says about reading it: the
+# zoom below which its canvas draws nodes without text (LGraphCanvas._lowQualityZoomThreshold,
+# min_font_size_for_lod / (NODE_TEXT_SIZE · √devicePixelRatio), from the setting
+# LiteGraph.Canvas.MinFontSizeForLOD), the minimap, and every node's box in window pixels.
+VIEW_JS = """
+() => {
+  const app = window.app, canvas = app.canvas, ds = canvas.ds;
+  const store = app.extensionManager?.setting;
+  const setting = id => store ? store.get(id) : app.ui.settings.getSettingValue(id);
+  const rect = canvas.canvas.getBoundingClientRect();
+  const visible = e => e.offsetParent !== null;
+  const box = e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; };
+  return {
+    scale: ds.scale,
+    threshold: canvas._lowQualityZoomThreshold,
+    min_font_size: canvas.min_font_size_for_lod,
+    min_font_size_setting: setting('LiteGraph.Canvas.MinFontSizeForLOD'),
+    text_size: LiteGraph.NODE_TEXT_SIZE,
+    device_pixel_ratio: window.devicePixelRatio,
+    minimap_setting: setting('Comfy.Minimap.Visible'),
+    minimap: [...document.querySelectorAll('.minimap-canvas')].filter(visible).map(e => box(e.parentElement)),
+    canvas: [rect.x, rect.y, rect.width, rect.height],
+    // A Markdown note's widget and how many pixels of its text overflow the box that shows it.
+    notes: [...document.querySelectorAll('.comfy-markdown')].filter(visible).map(e => ({
+      text: e.innerText.slice(0, 60),
+      overflow: Math.max(...[e, ...e.querySelectorAll('*')].filter(x => x.tagName !== 'TEXTAREA').map(x => x.scrollHeight - x.clientHeight)),
+    })),
+    nodes: app.graph.nodes.map(n => {
+      const [x, y, w, h] = n.boundingRect;
+      return {title: n.title, box: [rect.x + (x + ds.offset[0]) * ds.scale, rect.y + (y + ds.offset[1]) * ds.scale, w * ds.scale, h * ds.scale]};
+    }),
+  };
 }
 """
 # Frontend 1.27 names missing model files in a "Missing Models" dialog, 1.49 in an error overlay.
@@ -132,6 +180,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def page(server):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     console = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -174,12 +223,56 @@ def save_screenshot(page, name: str) -> bytes:
     png = page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
     if UPDATE_SCREENSHOTS:
         image = Image.open(io.BytesIO(png)).convert("RGB")
-        thumbnail = image.crop(CANVAS)
-        thumbnail.resize((thumbnail.width // 2, thumbnail.height // 2), Image.LANCZOS).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
+        # The thumbnail: the graph, without the frontend's menus and minimap around it.
+        boxes = [node["box"] for node in page.evaluate(VIEW_JS)["nodes"]]
+        left, top = (max(0, round(min(b[i] for b in boxes)) - THUMBNAIL_MARGIN) for i in (0, 1))
+        right, bottom = (min(size, round(max(b[i] + b[i + 2] for b in boxes)) + THUMBNAIL_MARGIN) for i, size in zip((0, 1), image.size))
+        thumbnail = image.crop((left, top, right, bottom))
+        scale = min(1.0, THUMBNAIL_WIDTH / thumbnail.width)
+        thumbnail = thumbnail.resize((round(thumbnail.width * scale), round(thumbnail.height * scale)), Image.LANCZOS)
+        thumbnail.save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
         if name == SIDE_BY_SIDE:  # the README's picture
             (PACK / "docs").mkdir(exist_ok=True)
             image.save(PACK / "docs" / "side_by_side.png", optimize=True)
     return png
+
+
+def open_workflow(page, server, name, how=LOAD_TEMPLATE_JS, label=None) -> dict:
+    """Open a shipped workflow from the template route and close the missing-model notices; its view as it opened."""
+    page.evaluate(how, [f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{name}.json", label or name])
+    page.wait_for_timeout(1500)
+    view = page.evaluate(VIEW_JS)
+    page.keyboard.press("Escape")
+    page.evaluate(DISMISS_OVERLAYS_JS)
+    page.wait_for_timeout(300)
+    return view
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_opens_readable_at_1600x900_with_the_minimap_on(page, server, name):
+    # From the template browser, and as a file dropped on the canvas (its own tab, so the
+    # frontend does not hand back the template's open tab).
+    for opened_as, how, label in (("template", LOAD_TEMPLATE_JS, name), ("file", LOAD_FILE_JS, f"{name} (dropped)")):
+        view = open_workflow(page, server, name, how, label)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}-opened-as-{opened_as}.png"))
+        where = f"{name} opened as a {opened_as} at {VIEWPORT['width']}×{VIEWPORT['height']}: {json.dumps({k: v for k, v in view.items() if k != 'nodes'})}"
+        assert view["minimap_setting"] is True and len(view["minimap"]) == 1, f"the minimap is not on: {where}"
+        threshold = view["threshold"]
+        assert isinstance(threshold, (int, float)) and threshold > 0, f"no low-quality zoom threshold on the frontend's canvas: {where}"
+        assert view["min_font_size"] == view["min_font_size_setting"], where  # the canvas follows the user's setting
+        assert view["scale"] >= threshold, (
+            f"zoom {view['scale']:.3f} is below the frontend's threshold {threshold:.3f}: nodes draw as boxes without text. {where}")
+        # Every node in the window, none under the minimap.
+        (minimap,) = view["minimap"]
+        cx, cy, cw, ch = view["canvas"]
+        for node in view["nodes"]:
+            x, y, w, h = node["box"]
+            assert cx - 0.5 <= x and cy - 0.5 <= y and x + w <= cx + cw + 0.5 and y + h <= cy + ch + 0.5, (
+                f"{node['title']} {[round(v) for v in node['box']]} is not inside the canvas: {where}")
+            assert not overlap(node["box"], minimap), f"the minimap covers {node['title']}: {where}"
+        # The note shows its whole text: rendered (DOM widgets hide when zoomed out) and not cut off.
+        assert len(view["notes"]) == 1, f"the note is not drawn (the frontend hides it when zoomed out): {where}"
+        assert view["notes"][0]["overflow"] <= 1, f"the note's text does not fit its node: {where}"
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -23,7 +23,8 @@ from PIL import Image
 import model_files
 from comfy_server import BALANCE, COMFYUI, PACK, PACK_FOLDER, SERVER_ARGS, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
 from comfy_http import ComfyClient
-from workflow_api import CONTROL_AFTER_GENERATE, FRONTEND_ONLY, combo_options, input_spec, to_api_prompt, widget_values
+from taca_compare import apply_options, labeled, parse_args, save_images, stitch_labels
+from workflow_api import CONTROL_AFTER_GENERATE, FRONTEND_ONLY, WorkflowError, combo_options, input_spec, to_api_prompt, widget_values
 
 PYPROJECT = tomllib.loads((PACK / "pyproject.toml").read_text())["project"]
 
@@ -263,6 +264,32 @@ def test_side_by_side_baseline_equals_an_unpatched_run_and_taca_differs(server):
     assert np.abs(right.astype(int) - left).max() > 0, "baseline | TACA: the two images are the same"
 
 
+def test_side_by_side_labels_with_the_core_text_node_where_comfyui_has_one(server):
+    # What the README suggests on ComfyUI 0.33: a Draw Text Overlay after each Decode node.
+    # The shipped workflow cannot: ComfyUI 0.3.64 has no core node that draws text.
+    if "TextOverlay" not in server.object_info:
+        pytest.skip(f"ComfyUI {server.comfyui_version} has no core node that draws text on an image (TextOverlay)")
+    assert server.object_info["TextOverlay"]["python_module"].split(".")[0] in CORE_MODULES
+    prompt = server.small_run(load_workflow(SIDE_BY_SIDE))
+    (stitch,) = of_type(prompt, "ImageStitch")
+    (save,) = of_type(prompt, "SaveImage")
+    plain = server.image(server.run(prompt), save)
+    for slot, text in (("image1", "Baseline"), ("image2", "TACA")):
+        prompt[f"label_{slot}"] = {
+            "class_type": "TextOverlay",
+            "inputs": {"images": prompt[stitch]["inputs"][slot], "text": text, "font_size": 20.0, "color": "#ffffff",
+                       "position": "top", "align": "center", "outline": True},
+            "_meta": {"title": f"Label: {text}"},
+        }
+        prompt[stitch]["inputs"][slot] = [f"label_{slot}", 0]
+    labeled_image = server.image(server.run(prompt), save)
+    assert labeled_image.shape == plain.shape
+    gap = plain.shape[1] - 2 * TEST_SIZE
+    for half in (slice(0, TEST_SIZE), slice(TEST_SIZE + gap, None)):
+        assert not np.array_equal(labeled_image[:TEST_SIZE // 3, half], plain[:TEST_SIZE // 3, half])  # the label, on top
+        assert np.array_equal(labeled_image[TEST_SIZE // 2:, half], plain[TEST_SIZE // 2:, half])  # the image below it
+
+
 def balance_run(server, bypass=()):
     """The balance workflow's image, plot and newest JSON of numbers."""
     prompt = server.small_run(load_workflow(BALANCE), bypass=bypass)
@@ -307,11 +334,16 @@ def test_client_follows_a_run_across_quiet_periods(server):
     assert entry["status"]["status_str"] == "success" and "progress" in events, events
 
 
-def run_taca_compare(*args, timeout=600):
+def run_taca_compare(*args, timeout=600, returncode=0):
     command = [sys.executable, str(PACK / "tools" / "taca_compare.py"), *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == returncode, done.stderr
     return done
+
+
+def ink(image: np.ndarray) -> np.ndarray:
+    """Where dark label text is on a white band."""
+    return image.min(axis=-1) < 128
 
 
 def test_taca_compare_on_a_running_server(server, tmp_path):
@@ -326,11 +358,105 @@ def test_taca_compare_on_a_running_server(server, tmp_path):
         assert f"Sampler: {branch}: step {TEST_STEPS}/{TEST_STEPS}" in log, log
     assert "image 2/2 done" in log, log
     assert done.stdout.strip() == f"wrote {out}"
-    assert Image.open(out).size[1] == TEST_SIZE and Image.open(out).size[0] > 2 * TEST_SIZE
     # The server ran the prompt and seed given on the command line.
-    (ran,) = [entry["prompt"][2] for entry in server.client.get("/history").values()
-              if any(node["inputs"].get("text") == text for node in entry["prompt"][2].values())]
+    ((ran, entry),) = [(e["prompt"][2], e) for e in server.client.get("/history").values()
+                       if any(node["inputs"].get("text") == text for node in e["prompt"][2].values())]
     assert [node["inputs"]["noise_seed"] for node in ran.values() if node["class_type"] == "RandomNoise"] == [seed]
+
+    # What ComfyUI saved, under a white band that names each half: "Baseline" over the left
+    # one, "TACA" over the right one (at 64 px the short label; see the next test for the long).
+    (save,) = of_type(ran, "SaveImage")
+    saved = server.image(entry, save)
+    written = np.asarray(Image.open(out).convert("RGB"))
+    band = written.shape[0] - TEST_SIZE
+    assert band > 0 and written.shape[1] == saved.shape[1] > 2 * TEST_SIZE
+    assert np.array_equal(written[band:], saved)
+    header = written[:band]
+    assert (header.max(-1) == header.min(-1)).all() and (header == 255).all(-1).mean() > 0.8  # white, and grey text
+    gap = saved.shape[1] - 2 * TEST_SIZE
+    left, right = ink(written[:band, :TEST_SIZE]), ink(written[:band, TEST_SIZE + gap:])
+    assert left.sum() > 20 and right.sum() > 20 and not ink(written[:band, TEST_SIZE:TEST_SIZE + gap]).any()
+    assert stitch_labels(ran, save) == ("right", gap, ("Baseline",), ("TACA: gamma 1.2, threshold 970", "TACA"))
+    assert "prompt" in Image.open(out).info  # ComfyUI's metadata kept
+
+    # --no-labels: the image exactly as ComfyUI saved it.
+    plain = tmp_path / "plain.png"
+    assert save_images(server.client, entry, ran, str(plain), labels=False) == [str(plain)]
+    assert plain.read_bytes() == server.files(entry, save)[0]
+
+
+@pytest.mark.parametrize("direction", ["right", "left", "down", "up"])
+def test_labels_name_each_part_of_a_stitched_image(direction):
+    # Parts of 320 px: the long TACA label fits; side by side one band above both, one above
+    # each part when stacked. "left" and "up" put image2 (here TACA) first.
+    size, gap = 320, 16
+    horizontal = direction in ("left", "right")
+    stitched = np.full((size, 2 * size + gap, 3) if horizontal else (2 * size + gap, size, 3), 90, np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(stitched).save(png, format="PNG")
+    first, second = ("Baseline",), ("TACA: gamma 1.2, threshold 970", "TACA")
+    if direction in ("left", "up"):
+        first, second = second, first
+    out = np.asarray(Image.open(io.BytesIO(labeled(png.getvalue(), direction, gap, first, second))).convert("RGB"))
+    if horizontal:
+        band = out.shape[0] - size
+        assert out.shape[1] == stitched.shape[1] and np.array_equal(out[band:], stitched)
+        labels = [ink(out[:band, :size]), ink(out[:band, size + gap:])]
+        assert not ink(out[:band, size:size + gap]).any()
+    else:
+        band = (out.shape[0] - stitched.shape[0]) // 2
+        assert out.shape[0] == stitched.shape[0] + 2 * band
+        assert np.array_equal(out[band:band + size + gap], stitched[:size + gap])
+        assert np.array_equal(out[2 * band + size + gap:], stitched[size + gap:])
+        labels = [ink(out[:band]), ink(out[band + size + gap:2 * band + size + gap])]
+    widths = [np.ptp(np.flatnonzero(label.any(axis=0))) for label in labels]
+    # The long TACA label is wider than "Baseline", on the side it belongs to; each label centred.
+    assert (widths[0] < widths[1]) == (first == ("Baseline",)), widths
+    for label in labels:
+        columns = np.flatnonzero(label.any(axis=0))
+        assert abs((columns[0] + columns[-1]) / 2 - label.shape[1] / 2) < 4
+
+
+def test_taca_compare_labels_only_a_baseline_against_taca(server):
+    prompt = to_api_prompt(load_workflow(SIDE_BY_SIDE), server.object_info)
+    (save,) = of_type(prompt, "SaveImage")
+    (stitch,) = of_type(prompt, "ImageStitch")
+    gap = prompt[stitch]["inputs"]["spacing_width"]
+    assert stitch_labels(prompt, save) == ("right", gap, ("Baseline",), ("TACA: gamma 1.2, threshold 970", "TACA"))
+    prompt[stitch]["inputs"]["direction"] = "left"  # image2, the TACA branch, on the left
+    assert stitch_labels(prompt, save)[2:] == (("TACA: gamma 1.2, threshold 970", "TACA"), ("Baseline",))
+    # With TACA and its LoRA bypassed both halves are the baseline: nothing to label.
+    bypassed = server.small_run(load_workflow(SIDE_BY_SIDE), bypass=TACA_NODES)
+    assert stitch_labels(bypassed, save) is None
+    # A workflow with one image has no stitch.
+    single = to_api_prompt(load_workflow("taca_flux_dev"), server.object_info)
+    assert stitch_labels(single, image_saver(single)) is None
+
+
+def test_taca_compare_set_names_the_inputs_of_the_node_it_found(server, tmp_path):
+    prompt = to_api_prompt(load_workflow(SIDE_BY_SIDE), server.object_info)
+    args = parse_args(["--server", server.url, "--prompt", "a cat", "--seed", "1", "--set", "TACA.gamma=1.3"])
+    (taca,) = of_type(apply_options(prompt, args, server.object_info), "TACA")
+    assert prompt[taca]["inputs"]["gamma"] == 1.3
+
+    taca_inputs = [name for section in ("required", "optional") for name in server.object_info["TACA"]["input"].get(section, {})]
+    wrong_input = parse_args(["--server", server.url, "--prompt", "a cat", "--seed", "1", "--set", "TACA.gama=1.3"])
+    with pytest.raises(WorkflowError) as raised:
+        apply_options(prompt, wrong_input, server.object_info)
+    message = str(raised.value)
+    assert "node 'TACA' has no input 'gama'" in message and "Did you mean 'TACA.gamma'?" in message, message
+    assert f"takes {', '.join(taca_inputs)}" in message, message
+
+    wrong_node = parse_args(["--server", server.url, "--prompt", "a cat", "--seed", "1", "--set", "TACCA.gamma=1.3"])
+    with pytest.raises(WorkflowError, match=r"no node titled or of type 'TACCA'\. Did you mean 'TACA'\?.*'Sampler: TACA' \(SamplerCustomAdvanced\)"):
+        apply_options(prompt, wrong_node, server.object_info)
+
+    # From the command line: the message, and nothing queued.
+    before = set(server.client.get("/history"))
+    done = run_taca_compare("--server", server.url, "--prompt", "a cat", "--seed", 1, "--set", "TACA.gama=1.3",
+                            "--out", tmp_path / "x.png", returncode=1)
+    assert "node 'TACA' has no input 'gama'" in done.stderr and "Did you mean 'TACA.gamma'?" in done.stderr, done.stderr
+    assert set(server.client.get("/history")) == before and not (tmp_path / "x.png").exists()
 
 
 def test_taca_compare_starts_comfyui_and_stops_it_by_pid(server, tmp_path):
