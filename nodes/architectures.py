@@ -271,8 +271,9 @@ def describe(model) -> str:
     return CROSS_ATTENTION.get(config) or OUT_OF_REACH.get(config, (None,))[0] or f"a {config} model"
 
 
-def family_of(model) -> Family:
-    """The family of a ModelPatcher's model, or a ValueError a user can act on."""
+def family_of(model, node: str = "TACA") -> Family:
+    """The family of a ModelPatcher's model, or a ValueError a user can act on that names `node`,
+    the node given the model."""
     config = type(model.model.model_config).__name__
     unet_config = model.model.model_config.unet_config
     for family in FAMILIES:
@@ -288,6 +289,6 @@ def family_of(model) -> Family:
         why = f"TACA does not know {loaded} ({type(model.model).__name__}); it has no joint text-image attention TACA knows of."
     supported = "; ".join(f.name for f in FAMILIES)
     raise ValueError(
-        f"TACA cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
-        f"Connect one of those, or bypass the TACA node for this model."
+        f"{node} cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
+        f"Connect one of those, or bypass the {node} node for this model."
     )
