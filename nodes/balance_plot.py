@@ -279,7 +279,8 @@ def draw_balance(table: dict):
     low, high = scale["colour_scale"]
     spans, start = [], 0
     for kind, count in table["block_kinds"]:
-        spans.append((kind, start, count))
+        if count:  # a kind the model has none of (FLUX without single blocks) is not named
+            spans.append((kind, start, count))
         start += count
     window_style = dict(colors="#1a7f37", linewidths=2.5, linestyles=(0, (3, 2)))
     drawn_window = False

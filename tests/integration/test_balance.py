@@ -215,7 +215,7 @@ def settings(gamma0=1.2, threshold=970.0, blocks=None, cond_only=False):
 FLUX_KINDS = (("double", 19), ("single", 38))
 # name: (blocks, kinds, steps, branches, TACA settings, LoRA, with a baseline run)
 SHAPES = {
-    "1_block_2_steps": (1, (("double", 1),), 2, [0], dict(), "with TACA", False),
+    "1_block_2_steps": (1, (("double", 1), ("single", 0)), 2, [0], dict(), "with TACA", False),  # as the test model file
     "57_blocks_30_steps_blocks_0-18_baseline": (57, FLUX_KINDS, 30, [0], dict(blocks=range(19)), "with TACA", True),
     "2_branches_50_steps_cond_only_baseline": (57, FLUX_KINDS, 50, [0, 1], dict(cond_only=True, threshold=940.0), None, True),
     "2_branches_10_steps_without_taca": (2, (("double", 1), ("single", 1)), 10, [0, 1], None, None, False),
@@ -267,9 +267,11 @@ def test_the_plot_renders_readably(name, tmp_path, monkeypatch):
     heats = [axes for axes in figure.axes if axes.images]
     assert len(heats) == len(branches)
     for axes in heats:
-        # Integer block ticks, all inside the model's blocks.
+        # Integer block ticks, all inside the model's blocks; the kinds it has named with their blocks.
         ticks = axes.get_yticks()
         assert all(float(t).is_integer() and 0 <= t < blocks for t in ticks) and len(ticks) >= 1
+        for kind, count in kinds:
+            assert (kind in axes.get_ylabel()) == (count > 0 and len([k for k in kinds if k[1]]) > 1), axes.get_ylabel()
         # The colour scale is symmetric around 0 where it shows a change, and never narrower than ±0.01.
         (shown,) = axes.images
         if table["compared_with"]:
