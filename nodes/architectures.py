@@ -2,7 +2,8 @@
 
 Each row says how to recognise one family, how many text tokens its joint attention
 sequence holds (from what the APPLY_MODEL wrapper receives), where the text sits, how to
-tell its joint calls from its other attention calls, and its joint blocks in call order.
+tell its joint calls from its other attention calls, and the module lists that hold its
+joint blocks, in call order.
 Adding a family means adding a row.
 
 A family is recognised exactly: by the class name of its ComfyUI model configuration
@@ -15,10 +16,11 @@ audio. Register tokens and text-side extras (byT5, Llama layers, vision tokens t
 encoder put inside the prompt) count as text.
 """
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Optional, Tuple, Union
+from typing import Callable, FrozenSet, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -49,6 +51,36 @@ class TextLayout:
         return k_len > self.n_text and (q_len > self.n_text or not self.text_queries)
 
 
+@dataclass(frozen=True)
+class BlockLists:
+    """A family's joint blocks as its diffusion model holds them: ModuleLists, by attribute
+    path, in the order a forward runs them, each block making one joint attention call.
+    Called with the diffusion model, it gives the (kind, count) of each list the model has:
+    lengths("double_blocks", "single_blocks") → (("double", 19), ("single", 38))."""
+
+    paths: Tuple[str, ...]
+
+    def __call__(self, dm) -> Blocks:
+        return tuple((kind, len(blocks)) for _, kind, blocks in self.lists(dm))
+
+    def lists(self, dm):
+        """(path, kind, ModuleList) of each list this model has."""
+        for path in self.paths:
+            blocks = dm
+            for name in path.split("."):
+                blocks = getattr(blocks, name, None)
+            if blocks is not None:
+                yield path, path.rsplit(".", 1)[-1].split("_")[0], blocks
+
+    def modules(self, dm) -> Iterator[Tuple[str, int]]:
+        """Each joint block's module path and its number in call order (as the blocks input counts)."""
+        number = 0
+        for path, _, blocks in self.lists(dm):
+            for i in range(len(blocks)):
+                yield f"{path}.{i}", number
+                number += 1
+
+
 # What a row reads: the diffusion model, the latent x as apply_model gets it, the text
 # conditioning (c_crossattn) and the other conditioning entries (the wrapper's kwargs).
 Count = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], int]
@@ -59,7 +91,7 @@ class Family:
     name: str  # as users know it
     configs: Tuple[str, ...]  # comfy.supported_models class names
     text: Count  # text tokens in the joint sequence
-    blocks: Callable[[torch.nn.Module], Blocks]
+    blocks: BlockLists
     text_first: Union[bool, Callable[[torch.nn.Module], bool]] = True
     visual: Optional[Count] = None  # visual tokens, for families with other calls to tell apart
     text_queries: bool = True  # False where the text queries never reach the override
@@ -141,11 +173,8 @@ def reference_tokens(kwargs, patch) -> int:
     return sum(patch_grid(ref, patch) for ref in kwargs.get("ref_latents") or ())
 
 
-def lengths(*parts: str) -> Callable[[torch.nn.Module], Blocks]:
-    """Blocks from the diffusion model's ModuleLists, in call order: lengths("double_blocks", "single_blocks")."""
-    def blocks(dm) -> Blocks:
-        return tuple((name.split("_")[0], len(getattr(dm, name))) for name in parts if hasattr(dm, name))
-    return blocks
+def lengths(*paths: str) -> BlockLists:
+    return BlockLists(paths)
 
 
 def mmdit_text(dm, x, context, kwargs) -> int:
@@ -218,7 +247,7 @@ FAMILIES = (
     Family("HiDream (I1, E1)", ("HiDream",), hidream_text, lengths("double_stream_blocks", "single_stream_blocks"),
            text_first=False),
     Family("HiDream-O1", ("HiDreamO1",), lambda dm, x, context, kwargs: int(kwargs["ar_len"]),
-           lambda dm: (("layers", len(dm.language_model.layers)),), text_queries=False),
+           lengths("language_model.layers"), text_queries=False),
     Family("HunyuanVideo (1.0, I2V, 1.5), HunyuanImage 2.1",
            ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V", "HunyuanImage21", "HunyuanImage21Refiner",
             "HunyuanVideo15", "HunyuanVideo15_SR_Distilled"),
@@ -278,6 +307,7 @@ def family_of(model, node: str = "TACA") -> Family:
     unet_config = model.model.model_config.unet_config
     for family in FAMILIES:
         if config in family.configs and family.unet(unet_config):
+            refuse_attention_outside_comfy(model.model.diffusion_model, family, node)
             return family
     loaded = describe(model)
     if config in CROSS_ATTENTION:
@@ -291,4 +321,28 @@ def family_of(model, node: str = "TACA") -> Family:
     raise ValueError(
         f"{node} cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
         f"Connect one of those, or bypass the {node} node for this model."
+    )
+
+
+def refuse_attention_outside_comfy(dm: torch.nn.Module, family: Family, node: str = "TACA") -> None:
+    """A ValueError for a diffusion model whose attention cannot reach ComfyUI's override: a
+    class from outside ComfyUI's own models (comfy.ldm) whose forward does not take the
+    transformer_options that carry it (Nunchaku-style wrappers around another library's
+    model), naming `node`. One that takes them may hand them on; TACA's first step inside its
+    window tells."""
+    cls = type(dm)
+    if any(c.__module__.startswith("comfy.ldm.") for c in cls.__mro__):
+        return
+    try:
+        parameters = inspect.signature(cls.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.name == "transformer_options" or p.kind == p.VAR_POSITIONAL for p in parameters):
+        return
+    raise ValueError(
+        f"{node} cannot be applied to this model: its diffusion model is {cls.__name__} from the module "
+        f"{cls.__module__}, not ComfyUI's own {family.name} model, and its forward takes no transformer_options, "
+        f"so its attention does not go through ComfyUI's attention, whose override {node} works through: it would "
+        f"have no effect. Load the model with ComfyUI's own loader (Load Diffusion Model, or a loader that builds "
+        f"ComfyUI's model classes), or bypass the {node} node for this model."
     )

@@ -123,9 +123,10 @@ def recorded_run(balance, samples: dict, input_name: str, other_than=None):
             f"{PLOT}: the run on '{input_name}' went through a second {PROBE} placed after this one, and that probe "
             f"recorded it, not this one. Connect the second probe's balance output here, or remove one of the probes."
         )
-    if not run.calls:
+    if not run.calls:  # not one step recorded a joint call (a step cache always runs the first)
+        steps = f" in any of its {len(run.schedule)} steps" if run.schedule else ""
         raise ValueError(
-            f"{PLOT}: the run on '{input_name}' reached no joint attention call of {run.family} through the probe. "
-            f"Another node may replace the model's attention or blocks: place the probe after it."
+            f"{PLOT}: the run on '{input_name}' recorded no joint attention call of {run.family}{steps}: none reached "
+            f"the probe. Was another node replacing the model's attention or its blocks? Place the probe after it."
         )
     return run

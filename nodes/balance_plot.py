@@ -29,6 +29,7 @@ from .patch import COND, UNCOND
 MIN_CHANGE_SPAN = 0.01  # the heatmap's colours reach at least ±0.01 of share
 MIN_SHARE_SPAN = 0.05  # with nothing to compare, the share's colours span at least 0.05
 MIN_MEAN_SPAN = 0.02  # the per-step curves' axis spans at least 0.02 of share
+SKIPPED_HATCH = "#8c8c8c"  # the hatching over a step with no joint call recorded
 BRANCH_NAMES = {COND: "cond", UNCOND: "uncond"}
 BRANCH_WORDS = {"cond": "prompt (cond)", "uncond": "negative prompt (uncond)"}
 SHARE = "share of the image tokens' attention that goes to the prompt"
@@ -64,8 +65,14 @@ def run_in_words(taca: Optional[dict], lora: Optional[str]) -> str:
 
 
 def run_grids(run) -> tuple:
-    """A run's timesteps (one per model call, in order) and, per guidance branch that ran, its
-    cells as block × step lists: mass used, mass without TACA's γ, TACA on."""
+    """A run's timesteps and, per guidance branch that ran, its cells as block × step lists:
+    mass used, mass without TACA's γ, TACA on; and the steps with no joint call of the branch.
+
+    The timesteps are one per model call, in order, and each step of the sampler's schedule
+    (run.schedule) at which no joint call was recorded, in time order: a step cache (EasyCache,
+    LazyCache) reused an earlier output there. In such a column a branch is `skipped`, with no
+    mass (None, never 0), and TACA on where TACA's settings put its γ on at that step and
+    block: its window, over a step that did not run."""
     steps, cells = OrderedDict(), {}
     for t, block, branch, used, plain, on in run.calls:
         step = steps.setdefault(round(t, 6), len(steps))
@@ -74,17 +81,35 @@ def run_grids(run) -> tuple:
         cell[1] += plain
         cell[2] += 1
         cell[3] |= on
+    columns = list(steps)
+    for t, _ in run.schedule:
+        key = round(t, 6)
+        if all(abs(key - k) > 1e-3 for k in columns):  # in time order: before the first step below it
+            columns.insert(next((i for i, k in enumerate(columns) if k < key), len(columns)), key)
+    column = {step: columns.index(key) for key, step in steps.items()}
     grids = {}
     for branch in sorted({key[0] for key in cells}):
-        grid = {name: [[None] * len(steps) for _ in range(run.blocks)] for name in ("mass_used", "mass_without_taca")}
-        grid["taca_on"] = [[False] * len(steps) for _ in range(run.blocks)]
+        grid = {name: [[None] * len(columns) for _ in range(run.blocks)] for name in ("mass_used", "mass_without_taca")}
+        grid["taca_on"] = [[False] * len(columns) for _ in range(run.blocks)]
+        ran = {column[step] for b, step, _ in cells if b == branch}
+        grid["skipped"] = [s not in ran for s in range(len(columns))]
+        for s in (s for s in range(len(columns)) if s not in ran):
+            for block in range(run.blocks):
+                grid["taca_on"][block][s] = would_be_on(run.settings, columns[s], branch, block)
         grids[BRANCH_NAMES.get(branch, f"branch {branch}")] = grid
     for (branch, step, block), (used, plain, n, on) in cells.items():
         if block < run.blocks:
             grid = grids[BRANCH_NAMES.get(branch, f"branch {branch}")]
-            grid["mass_used"][block][step], grid["mass_without_taca"][block][step] = used / n, plain / n
-            grid["taca_on"][block][step] = on
-    return list(steps), grids
+            grid["mass_used"][block][column[step]] = used / n
+            grid["mass_without_taca"][block][column[step]] = plain / n
+            grid["taca_on"][block][column[step]] = on
+    return columns, grids
+
+
+def would_be_on(settings, t: float, branch: int, block: int) -> bool:
+    """Whether TACA's settings put its γ on for this step, branch and joint block."""
+    return (settings is not None and (settings.blocks is None or block in settings.blocks)
+            and settings.gamma_for([t], [branch]) != 1)
 
 
 def mean(values):
@@ -105,6 +130,8 @@ def balance_table(run, baseline=None) -> dict:
         "timesteps": timesteps, "taca": taca, "taca_lora": run.lora,
         "in_window": [any(any(row[s] for row in grid["taca_on"]) for grid in branches.values())
                       for s in range(len(timesteps))],
+        # a step of the sampler's with no joint call recorded (a step cache reused an earlier output)
+        "skipped": [all(grid["skipped"][s] for grid in branches.values()) for s in range(len(timesteps))],
         "branches": branches, "baseline": None,
     }
     for grid in branches.values():
@@ -117,7 +144,7 @@ def balance_table(run, baseline=None) -> dict:
         check_baseline(run, baseline, timesteps, base_steps, branches, base_branches)
         base_taca = settings_numbers(baseline.settings)
         table["baseline"] = {"taca": base_taca, "taca_lora": baseline.lora, "branches": {
-            name: {"mass_used": base_branches[name]["mass_used"],
+            name: {"mass_used": base_branches[name]["mass_used"], "skipped": base_branches[name]["skipped"],
                    "step_mean_used": [mean(column) for column in zip(*base_branches[name]["mass_used"])]}
             for name in branches}}
         for name, grid in branches.items():
@@ -153,8 +180,8 @@ def check_baseline(run, baseline, timesteps, base_steps, branches, base_branches
         )
     if len(base_steps) != len(timesteps) or any(abs(a - b) > 1e-3 for a, b in zip(base_steps, timesteps)):
         raise ValueError(
-            f"{PLOT}: the baseline run made {len(base_steps)} model calls at t = {summary(base_steps)}, the run to plot "
-            f"{len(timesteps)} at t = {summary(timesteps)}. Sample both with the same steps, scheduler, sampler and "
+            f"{PLOT}: the baseline run's {len(base_steps)} steps and model calls are at t = {summary(base_steps)}, the "
+            f"run to plot's {len(timesteps)} at t = {summary(timesteps)}. Sample both with the same steps, scheduler, sampler and "
             f"denoise (one KSamplerSelect and BasicScheduler for both, as the shipped workflow does)."
         )
     missing = [name for name in branches if name not in base_branches]
@@ -231,6 +258,64 @@ def outline(axes, on: np.ndarray, **style) -> bool:
     return bool(segments)
 
 
+def runs_of(flags) -> list:
+    """(first, last) index of each run of True in `flags`: [F, T, T, F, T] → [(1, 2), (4, 4)]."""
+    runs = []
+    for i, flag in enumerate(flags):
+        if flag and runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        elif flag:
+            runs.append((i, i))
+    return runs
+
+
+def steps_in_words(flags) -> str:
+    """The 1-based steps flagged, as ranges: 'steps 3, 5–7'."""
+    parts = [f"{a + 1}" if a == b else f"{a + 1}–{b + 1}" for a, b in runs_of(flags)]
+    return ("step " if sum(map(bool, flags)) == 1 else "steps ") + ", ".join(parts)
+
+
+def skipped_in_words(table: dict) -> Optional[str]:
+    """The figure's statement of the steps with no joint call recorded, or None where there are none."""
+    branches = table["branches"]
+    per_branch = {name: grid["skipped"] for name, grid in branches.items() if any(grid["skipped"])}
+    baseline = {}
+    if table["compared_with"] == BASELINE:
+        baseline = {name: [b and not s for b, s in zip(grid["skipped"], branches[name]["skipped"])]
+                    for name, grid in table["baseline"]["branches"].items()}
+        baseline = {name: flags for name, flags in baseline.items() if any(flags)}
+    if not per_branch and not baseline:
+        return None
+
+    def which(flags_per_branch):  # 'steps 3, 5–7', or per branch where they differ
+        if len({tuple(flags) for flags in flags_per_branch.values()}) == 1 and len(flags_per_branch) == len(branches):
+            return steps_in_words(next(iter(flags_per_branch.values())))
+        return "; ".join(f"{steps_in_words(flags)} ({name})" for name, flags in flags_per_branch.items())
+
+    words = []
+    if per_branch:
+        words.append(f"Skipped: {which(per_branch)} of {len(table['timesteps'])} recorded no joint attention call (a step "
+                     f"cache, such as EasyCache or LazyCache, reused an earlier output there). No share there, not a share "
+                     f"of 0: hatched on the heatmap, gaps in the curves.")
+    if baseline:
+        words.append(f"The baseline run skipped {which(baseline)}, where this run has a share: no change to show there "
+                     f"(hatched the other way).")
+    return " ".join(words)
+
+
+def hatch_skipped(axes, flags, blocks: int, column_inches: float, hatch: str, words: str) -> None:
+    """Hatch each run of skipped columns over all blocks, and name it where the column is wide enough."""
+    from matplotlib.patches import Rectangle
+
+    for first, last in runs_of(flags):
+        axes.add_patch(Rectangle((first + 0.5, -0.5), last - first + 1, blocks, facecolor="#f4f4f4",
+                                 edgecolor=SKIPPED_HATCH, hatch=hatch, linewidth=0, zorder=1.5))
+        if (last - first + 1) * column_inches >= 0.17:  # an 8-point label, turned upright, fits in the run
+            axes.text((first + last) / 2 + 1, (blocks - 1) / 2, words, rotation=90, ha="center", va="center",
+                      fontsize=8, color="#404040", zorder=1.6,
+                      bbox=dict(facecolor="#f4f4f4", edgecolor="none", alpha=0.85, pad=1.5))
+
+
 def as_array(grid) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float).reshape(len(grid), -1)
 
@@ -241,6 +326,7 @@ def draw_balance(table: dict):
         from matplotlib import colormaps
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
     except ImportError as error:
         raise RuntimeError(
@@ -262,6 +348,9 @@ def draw_balance(table: dict):
     else:
         lines.append(f"Heatmap: the share as sampled, from {scale['min']:.4f} to {scale['max']:.4f}; colours span "
                      f"{scale['colour_scale'][0]:.3f} to {scale['colour_scale'][1]:.3f}, never less than {MIN_SHARE_SPAN:g}.")
+    skipped_words = skipped_in_words(table)
+    if skipped_words:
+        lines.append(textwrap.fill(skipped_words, 165))
     text = "\n".join(lines)
     header = 0.55 + 0.19 * text.count("\n")  # inches: the title and the statement lines
     height = 2.6 + 2.5 * len(branches) + header
@@ -289,6 +378,12 @@ def draw_balance(table: dict):
         values = as_array(branch["change"] if comparing else branch["mass_used"])
         shown = axes.imshow(values, aspect="auto", origin="lower", cmap=cmap, vmin=low, vmax=high,
                             interpolation="nearest", extent=(0.5, steps + 0.5, -0.5, blocks - 0.5))
+        column_inches = 13 * 1.3 / 2.3 * 0.8 / max(steps, 1)  # about: the heatmap's share of the figure's width
+        hatch_skipped(axes, branch["skipped"], blocks, column_inches, "///", "skipped")
+        if comparing == BASELINE:
+            base_skipped = table["baseline"]["branches"][name]["skipped"]
+            hatch_skipped(axes, [b and not s for b, s in zip(base_skipped, branch["skipped"])], blocks, column_inches,
+                          "\\\\\\", "baseline skipped")
         drawn_window |= outline(axes, as_array(branch["taca_on"]).astype(bool), **window_style)
         for kind, first, count in spans[1:]:
             axes.axhline(first - 0.5, color="#555555", linewidth=0.8, linestyle=":")
@@ -311,12 +406,15 @@ def draw_balance(table: dict):
     x = np.arange(1, steps + 1)
     for s in (i + 1 for i, on in enumerate(table["in_window"]) if on):
         means.axvspan(s - 0.5, s + 0.5, color="#1a7f37", alpha=0.15, linewidth=0)
+    skipped_steps = [any(table["branches"][name]["skipped"][s] for name in branches) for s in range(steps)]
+    for first, last in runs_of(skipped_steps):
+        means.axvspan(first + 0.5, last + 1.5, facecolor="none", edgecolor=SKIPPED_HATCH, hatch="///", linewidth=0)
     this_run = "this run" if table["taca"] is None else "with TACA"
     plotted = []
+    handles, labels = [], []  # with two branches: each run's colour once, then each branch's line style
     for name in branches:
         branch = table["branches"][name]
         style = dict(linestyle="-", marker="o") if name == "cond" else dict(linestyle="--", marker="s")
-        suffix = f", {name}" if len(branches) > 1 else ""
         series = []  # what this run is compared with first, so this run's curve is drawn over it where they meet
         if comparing == BASELINE:
             series.append(("baseline run", table["baseline"]["branches"][name]["step_mean_used"], "#2e6da4"))
@@ -326,11 +424,25 @@ def draw_balance(table: dict):
         for words, values, colour in series:
             values = [np.nan if v is None else v for v in values]
             plotted += [v for v in values if not np.isnan(v)]
-            means.plot(x, values, color=colour, markersize=3.5, linewidth=1.6, label=words + suffix, **style)
-    handles, labels = means.get_legend_handles_labels()
+            (line,) = means.plot(x, values, color=colour, markersize=3.5, linewidth=1.6,
+                                 label=words + (f", {name}" if len(branches) > 1 else ""), **style)
+            if len(branches) == 1:
+                handles.append(line)
+                labels.append(words)
+            elif words not in labels:
+                handles.append(Line2D([], [], color=colour, linewidth=1.6))
+                labels.append(words)
+    if len(branches) > 1:
+        for name in branches:
+            style = dict(linestyle="-", marker="o") if name == "cond" else dict(linestyle="--", marker="s")
+            handles.append(Line2D([], [], color="#555555", markersize=3.5, linewidth=1.2, **style))
+            labels.append(name)
     if any(table["in_window"]):
         handles.append(Patch(color="#1a7f37", alpha=0.15))
         labels.append("TACA's γ on" + (" (dashed on the heatmap)" if drawn_window else ""))
+    if any(skipped_steps):
+        handles.append(Patch(facecolor="#f4f4f4", edgecolor=SKIPPED_HATCH, hatch="///", linewidth=0))
+        labels.append("skipped: no joint call")
     if plotted:  # the curves below, the legend in the headroom above them
         span = max(max(plotted) - min(plotted), MIN_MEAN_SPAN) * 1.1
         bottom = (min(plotted) + max(plotted)) / 2 - span / 2

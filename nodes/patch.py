@@ -16,6 +16,14 @@ replayed unchecked in every later call: a step from inside the window, the keys 
 options. What it reads of the override's own attributes is guarded, so it recompiles or runs
 eagerly instead. In a graph traced whole, the forward patch reads the same state first, through
 the diffusion model, so the step is guarded there too.
+
+Which joint block is running, where TACA Advanced's blocks or the probe need it, comes from
+the blocks themselves: a patch on each joint block's forward (the family's module lists)
+puts its number on the step while it runs. Counting joint calls would go wrong in a forward
+that skips blocks (skip-layer guidance's extra pass); the host's transformer_options
+["block_index"] is not set by every family and host (not by MMDiT, nor by FLUX on 0.3.64),
+and read in the override it would be replayed stale by a compiled frame (see above).
+Counting remains only for a call no block patch announced.
 """
 
 import functools
@@ -99,7 +107,8 @@ class TACAStep:
     active: bool  # γ differs from 1 for some batch item
     blocks: Optional[FrozenSet[int]] = None
     probe: Optional[Callable] = None  # probe(block, mass used, mass without TACA, TACA on)
-    joint_calls: int = 0  # joint calls seen so far in this forward, counted where blocks or a probe need it
+    block: Optional[int] = None  # the joint block running now, as its JointBlockMark says
+    joint_calls: int = 0  # the next joint call's number where no block says it: counted from the last block that did
     reached: bool = False  # a joint call reached the override in this forward
 
 
@@ -127,9 +136,11 @@ class TACAOverride:
             return attend(*args, **kwargs)
         step.reached = True
         block = None
-        if step.blocks is not None or step.probe is not None:  # only then is the call's index needed
-            block = step.joint_calls
-            step.joint_calls += 1
+        if step.blocks is not None or step.probe is not None:  # only then is the call's block needed
+            block = step.block
+            if block is None:  # no block patch announced this call: count
+                block = step.joint_calls
+                step.joint_calls += 1
         active = step.active and (step.blocks is None or block in step.blocks)
         if not active and step.probe is None:
             return attend(*args, **kwargs)
@@ -164,6 +175,7 @@ class TACAState:
 
     probe: Optional[object] = None  # probe.BalanceProbe
     step: Optional[TACAStep] = None
+    reached: bool = False  # a joint call of this model has reached the override
 
     def __deepcopy__(self, memo):
         return self
@@ -186,6 +198,46 @@ class TACAForward(ForwardPatch):
         return self.forward(*args, **kwargs)
 
 
+class JointBlockMark(ForwardPatch):
+    """<joint block>.forward: the block's forward, with its number (in call order) on the step
+    while it runs, so a skipped block (skip-layer guidance replaces some) moves no other
+    block's number."""
+
+    def __init__(self, module, forward, state: TACAState, number: int):
+        super().__init__(module, forward)
+        self.state = state
+        self.number = number
+
+    def __call__(self, *args, **kwargs):
+        step = self.state.step
+        if step is not None:
+            step.block = self.number
+        out = self.forward(*args, **kwargs)
+        if step is not None:
+            step.block = None
+            step.joint_calls = self.number + 1
+        return out
+
+
+def mark_joint_blocks(patched, family: Family, state: Optional[TACAState]) -> None:
+    """Put a JointBlockMark for `state` on each joint block of a clone, replacing the marks of an
+    earlier attach; with no state, take the earlier marks off."""
+    dm = patched.model.diffusion_model
+    for path, number in family.blocks.modules(dm):
+        key = f"diffusion_model.{path}.forward"
+        earlier = patched.object_patches.get(key)
+        if isinstance(earlier, JointBlockMark):
+            inner = earlier.forward
+            own = getattr(inner, "__func__", None) is type(earlier.module).forward and inner.__self__ is earlier.module
+            if own:
+                del patched.object_patches[key]
+            else:
+                patched.object_patches[key] = inner
+        if state is not None:
+            add_forward_patch(patched, f"diffusion_model.{path}",
+                              lambda module, forward, n=number: JointBlockMark(module, forward, state, n))
+
+
 def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_crossattn, control,
                 transformer_options, **kwargs):
     """APPLY_MODEL wrapper: decide γ for this σ and where the text sits, for this forward."""
@@ -202,10 +254,24 @@ def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_cr
         out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
     finally:
         state.step = None
-    if not step.reached:
+    if step.reached:
+        state.reached = True
+    elif not state.reached:  # once joint calls have reached TACA, a forward without any was skipped (a step cache)
+        dm = executor.class_obj.diffusion_model
+        dm = getattr(dm, "_orig_mod", dm)  # torch.compile's wrapper: the model it compiled
+        if active:
+            raise RuntimeError(
+                f"TACA: no joint text-image attention call of this {family.name} model reached TACA in the first step "
+                f"inside its window, so TACA would have no effect. The diffusion model is {type(dm).__name__} from the "
+                f"module {type(dm).__module__}: its attention does not go through ComfyUI's attention with the "
+                f"transformer_options that carry TACA's override (or another node replaced the model's attention or "
+                f"blocks). Load the model with ComfyUI's own loader, place TACA after the node that replaced the "
+                f"attention, or bypass TACA for this model."
+            )
         logging.warning(
-            f"TACA: no joint text-image attention call reached TACA in this step of {family.name}, so it had "
-            f"no effect. Another node may have replaced the model's attention or blocks; place TACA after it."
+            f"TACA: no joint text-image attention call reached TACA in this step of {family.name} "
+            f"({type(dm).__name__} from {type(dm).__module__}), so the probe recorded nothing. Another node may have "
+            f"replaced the model's attention or blocks; place TACA after it."
         )
     return out
 
@@ -247,10 +313,11 @@ def refuse_a_compile_that_breaks_in_attention(patcher) -> None:
     )
 
 
-def attach(model, probe=None):
+def attach(model, probe=None, blocks_named=False):
     """A clone of `model` with TACA's override, forward patch and wrapper, the family's row
     and the clone. TACA nodes and the probe share them; attaching again replaces them and
-    keeps the probe attached before."""
+    keeps the probe attached before. Where blocks are named or a probe is attached, each joint
+    block says its number while it runs (JointBlockMark)."""
     family = family_of(model)
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
@@ -265,6 +332,7 @@ def attach(model, probe=None):
         return TACAForward(module, previous_patch, state)
 
     add_forward_patch(patched, "diffusion_model", make_forward)
+    mark_joint_blocks(patched, family, state if blocks_named or state.probe is not None else None)
     if WRAPPER_KEY not in patched.callbacks.get(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, {}):
         patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY,
                                       refuse_a_compile_that_breaks_in_attention)
@@ -281,6 +349,6 @@ def apply_taca(model, settings: TACASettings):
     Applying it again replaces the earlier settings; an attention override set by
     another node is chained, not replaced.
     """
-    patched, _ = attach(model)
+    patched, _ = attach(model, blocks_named=settings.blocks is not None)
     patched.model_options["transformer_options"][SETTINGS_KEY] = settings
     return patched

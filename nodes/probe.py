@@ -9,7 +9,9 @@ it is given.
 
 A run also keeps what sampled it: TACA's settings, whether the TACA LoRA was in the chain and
 whether a second probe placed after this one took the recording over, so the plot can say
-what it compares.
+what it compares; and the sampler's steps, so that a step with no joint call recorded shows
+as skipped (a step cache, EasyCache or LazyCache, reused an earlier output), not as a step
+of zeros.
 """
 
 import functools
@@ -45,6 +47,8 @@ class BalanceRun:
     # (t, block, branch, mass used, mass without TACA, TACA on): a row per batch item of a joint call
     calls: List[tuple] = field(default_factory=list)
     output: Optional[torch.Tensor] = None  # the sampled latent, on the CPU
+    # (t, TACA on for the prompt's branch) of each step the sampler took, whether the model ran in it or not
+    schedule: List[tuple] = field(default_factory=list)
 
     def record(self, timesteps: list, branches: list, block: int, used: torch.Tensor, plain: torch.Tensor, active: bool):
         used, plain = used.tolist(), plain.tolist()
@@ -78,9 +82,15 @@ class BalanceProbe:
         taken_over = isinstance(forward, TACAForward) and forward.state.probe is not self
         self.current = BalanceRun(family.name, settings, sum(n for _, n in kinds), kinds, taca_lora(patcher), taken_over)
 
-    def finish(self, output: torch.Tensor):
+    def finish(self, output: torch.Tensor, guider=None, sigmas: Optional[torch.Tensor] = None):
         if self.current is not None:
             self.current.output = output.detach().to("cpu", copy=True)
+            if guider is not None and sigmas is not None and len(sigmas) > 1:
+                model_sampling = guider.model_patcher.get_model_object("model_sampling")
+                settings = self.current.settings
+                timesteps = paper_timesteps(model_sampling, sigmas[:-1].detach().cpu())
+                self.current.schedule = [(t, settings is not None and settings.gamma_for([t], [COND]) != 1)
+                                         for t in timesteps]
             self.runs.append(self.current)
         self.current = None
 
@@ -113,9 +123,9 @@ def apply_probe(model):
     patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, key,
                                   lambda patcher: probe.begin(family, patcher.model.diffusion_model, patcher))
 
-    def keep_output(executor, *args, **kwargs):
+    def keep_output(executor, *args, **kwargs):  # CFGGuider.outer_sample(noise, latent_image, sampler, sigmas, ...)
         output = executor(*args, **kwargs)
-        probe.finish(output)
+        probe.finish(output, executor.class_obj, args[3] if len(args) > 3 else kwargs.get("sigmas"))
         return output
 
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, key, keep_output)

@@ -31,6 +31,9 @@ class ReferenceTACA:
     (text_first) or the last tokens of the keys, and of the queries unless text_queries is False.
     With blocks_per_forward and blocks, only those joint calls of each forward (numbered in
     call order) get γ; with cond_only, only the batch items of the prompt's guidance branch.
+    A forward that skips some blocks (skip-layer guidance's) is announced by begin_forward
+    with the numbers of the blocks it runs, in order; its joint calls are those blocks. Each
+    joint call's block number is appended to `blocks_seen`.
     Where `masses` is a list, each joint call appends, per batch item, the image→text
     attention mass with γ and without it, and the call is then handed on to ComfyUI.
     """
@@ -42,6 +45,11 @@ class ReferenceTACA:
         self.text_first, self.text_queries = text_first, text_queries
         self.blocks_per_forward, self.blocks, self.cond_only, self.masses = blocks_per_forward, blocks, cond_only, masses
         self.calls = 0
+        self.running, self.position, self.blocks_seen = None, 0, []
+
+    def begin_forward(self, running_blocks):
+        """The next forward runs these joint blocks (numbered in call order), in this order."""
+        self.running, self.position = list(running_blocks), 0
 
     def gammas(self, kwargs, batch: int, block: int) -> torch.Tensor:
         options = kwargs["transformer_options"]
@@ -61,8 +69,13 @@ class ReferenceTACA:
         lq, lk = q.shape[token_dim], k.shape[token_dim]
         if lk not in self.joints:
             return func(*args, **kwargs)
-        block = self.calls % self.blocks_per_forward if self.blocks_per_forward else self.calls
+        if self.running is not None:
+            block = self.running[self.position]
+            self.position += 1
+        else:
+            block = self.calls % self.blocks_per_forward if self.blocks_per_forward else self.calls
         self.calls += 1
+        self.blocks_seen.append(block)
         n_text = self.joints[lk]
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         mask = args[4] if len(args) > 4 else kwargs.get("mask")

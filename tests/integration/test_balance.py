@@ -180,14 +180,18 @@ def save_png(name: str, image: torch.Tensor) -> None:
     Image.fromarray((image[0] * 255).round().byte().numpy()).save(PLOTS / f"{name}.png")
 
 
-def synthetic_run(blocks, kinds, steps, branches, settings=None, lora=None, drift=0.0, seed=0):
+def synthetic_run(blocks, kinds, steps, branches, settings=None, lora=None, drift=0.0, seed=0, skipped=()):
     """A BalanceRun as the probe records one: a smooth share per block and step, TACA's γ adding
-    0.03 where it is on; `drift` is what a run with TACA adds after its window."""
+    0.03 where it is on; `drift` is what a run with TACA adds after its window. The steps
+    (0-based) in `skipped` recorded no call, as where a step cache reused an earlier output."""
     probe_module = pack_module("nodes.probe")
     generator = np.random.default_rng(seed)
     run = probe_module.BalanceRun("FLUX.1 (dev, schnell, Fill, Kontext)", settings, blocks, kinds, lora)
     timesteps = [1000.0 * (1 - i / steps) for i in range(steps)]
+    run.schedule = [(t, settings is not None and settings.gamma_for([t], [0]) != 1) for t in timesteps]
     for s, t in enumerate(timesteps):
+        if s in skipped:
+            continue
         for branch in branches:
             for block in range(blocks):
                 plain = 0.70 + 0.04 * math.sin(block / 6) - 0.05 * s / steps + 0.01 * branch + generator.normal(0, 2e-4)
@@ -220,6 +224,13 @@ SHAPES = {
     "2_branches_50_steps_cond_only_baseline": (57, FLUX_KINDS, 50, [0, 1], dict(cond_only=True, threshold=940.0), None, True),
     "2_branches_10_steps_without_taca": (2, (("double", 1), ("single", 1)), 10, [0, 1], None, None, False),
     "2_branches_10_steps_taca_bypassed_baseline": (2, (("double", 1), ("single", 1)), 10, [0, 1], None, None, True),
+    "57_blocks_30_steps_skipped_baseline": (57, FLUX_KINDS, 30, [0, 1], dict(threshold=900.0), "with TACA", True),
+    "2_branches_50_steps_skipped": (57, FLUX_KINDS, 50, [0, 1], dict(threshold=940.0), None, False),
+}
+# name: (steps the run skipped, steps the baseline run skipped), 0-based, as a step cache skips them
+SKIPS = {
+    "57_blocks_30_steps_skipped_baseline": ({2, 4, 5, 6, 12, 13, 14, 15, 20, 27}, {2, 8, 9}),
+    "2_branches_50_steps_skipped": ({1, 3, 4, 5, 20, 21, 33, 48}, set()),
 }
 
 
@@ -236,10 +247,11 @@ def test_the_plot_renders_readably(name, tmp_path, monkeypatch):
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
     blocks, kinds, steps, branches, taca_settings, lora, with_baseline = SHAPES[name]
+    skips, base_skips = SKIPS.get(name, (set(), set()))
     chosen = settings(**taca_settings) if taca_settings is not None else None
-    run = synthetic_run(blocks, kinds, steps, branches, chosen, lora, drift=0.004 if chosen else 0.0, seed=1)
+    run = synthetic_run(blocks, kinds, steps, branches, chosen, lora, drift=0.004 if chosen else 0.0, seed=1, skipped=skips)
     if with_baseline:
-        baseline = synthetic_run(blocks, kinds, steps, branches, seed=2 if chosen else 1)
+        baseline = synthetic_run(blocks, kinds, steps, branches, seed=2 if chosen else 1, skipped=base_skips)
         baseline.output = torch.full((1, 16, 8, 8), 2.0)
         image = plot_with_baseline(synthetic_probe(baseline, run), run.output, baseline.output)
     else:
@@ -298,6 +310,32 @@ def test_the_plot_renders_readably(name, tmp_path, monkeypatch):
         assert not any(table["in_window"]) and table["taca"] is None
     if chosen is not None and chosen.blocks:
         assert set(np.nonzero(np.array(table["branches"]["cond"]["taca_on"]).any(axis=1))[0]) == set(chosen.blocks)
+
+    # Skipped steps: listed, with no share (null, not 0) and no change, hatched on each heatmap
+    # (the other way where only the baseline skipped), gaps in the curves; TACA's window over them.
+    skipped = [s in skips for s in range(steps)]
+    assert table["skipped"] == skipped
+    if chosen is not None:
+        assert table["in_window"] == [chosen.gamma_for([t], [0]) != 1 for t in table["timesteps"]]
+    plot_module = pack_module("nodes.balance_plot")
+    for axes, branch in zip(heats, table["branches"].values()):
+        assert branch["skipped"] == skipped
+        for s in range(steps):
+            gone = s in skips or s in base_skips
+            assert all((row[s] is None) == gone for row in branch["change" if table["compared_with"] else "mass_used"])
+        hatched = {}
+        for patch in axes.patches:
+            if patch.get_hatch():
+                hatched[(round(patch.get_x() - 0.5), round(patch.get_x() + patch.get_width() - 1.5))] = patch.get_hatch()
+        expected = {run_: "///" for run_ in plot_module.runs_of(skipped)}
+        expected.update({run_: "\\\\\\" for run_ in plot_module.runs_of([s in base_skips - skips for s in range(steps)])})
+        assert hatched == expected, name
+    curves = [line for axes in figure.axes if not axes.images for line in axes.get_lines()]
+    for line in curves:
+        gaps = list(np.isnan(np.asarray(line.get_ydata(), dtype=float)))
+        assert gaps == ([s in base_skips for s in range(steps)] if line.get_label().startswith("baseline") else skipped)
+    if skips:
+        assert f"Skipped: {plot_module.steps_in_words(skipped)} of {steps}" in words.replace("\n", " ")
 
 
 def test_a_baseline_run_from_the_same_probe_is_compared_cell_by_cell(taca, tmp_path, monkeypatch):
@@ -394,3 +432,19 @@ def test_plotting_from_a_probe_that_a_second_probe_replaced_says_so(taca, tmp_pa
     assert "replace" not in str(error.value)
     plot(second_balance, out)  # the second probe recorded it
     assert newest_table(tmp_path)["taca"]["gamma0"] == GAMMA
+
+
+def test_a_run_that_recorded_no_joint_call_asks_whether_another_node_replaced_the_attention(tmp_path, monkeypatch):
+    # A diffusion model that drops ComfyUI's transformer_options (as Nunchaku's wrappers do): the
+    # probe accepts it (its forward takes them), but no joint call ever reaches the probe.
+    from foreign_models import DroppingTransformerOptions, tiny_flux_in
+
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    model = tiny_flux_in(DroppingTransformerOptions, seed=55)
+    probed, balance = probe(model)
+    out = sample(probed, conditioning(model, 12, seed=56), conditioning(model, 12, seed=57), empty_latent(8, 8), steps=3)
+    with pytest.raises(ValueError, match="recorded no joint attention call of FLUX.1") as error:
+        plot(balance, out)
+    message = str(error.value)
+    assert "in any of its 3 steps" in message and "Was another node replacing the model's attention" in message, message
+    assert not list(tmp_path.glob("taca_balance/*.json"))  # no numbers for a run with none
