@@ -300,13 +300,14 @@ def describe(model) -> str:
     return CROSS_ATTENTION.get(config) or OUT_OF_REACH.get(config, (None,))[0] or f"a {config} model"
 
 
-def family_of(model) -> Family:
-    """The family of a ModelPatcher's model, or a ValueError a user can act on."""
+def family_of(model, node: str = "TACA") -> Family:
+    """The family of a ModelPatcher's model, or a ValueError a user can act on that names `node`,
+    the node given the model."""
     config = type(model.model.model_config).__name__
     unet_config = model.model.model_config.unet_config
     for family in FAMILIES:
         if config in family.configs and family.unet(unet_config):
-            refuse_attention_outside_comfy(model.model.diffusion_model, family)
+            refuse_attention_outside_comfy(model.model.diffusion_model, family, node)
             return family
     loaded = describe(model)
     if config in CROSS_ATTENTION:
@@ -318,16 +319,17 @@ def family_of(model) -> Family:
         why = f"TACA does not know {loaded} ({type(model.model).__name__}); it has no joint text-image attention TACA knows of."
     supported = "; ".join(f.name for f in FAMILIES)
     raise ValueError(
-        f"TACA cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
-        f"Connect one of those, or bypass the TACA node for this model."
+        f"{node} cannot be applied to this model: {why} TACA supports the MM-DiT families {supported}. "
+        f"Connect one of those, or bypass the {node} node for this model."
     )
 
 
-def refuse_attention_outside_comfy(dm: torch.nn.Module, family: Family) -> None:
+def refuse_attention_outside_comfy(dm: torch.nn.Module, family: Family, node: str = "TACA") -> None:
     """A ValueError for a diffusion model whose attention cannot reach ComfyUI's override: a
     class from outside ComfyUI's own models (comfy.ldm) whose forward does not take the
     transformer_options that carry it (Nunchaku-style wrappers around another library's
-    model). One that takes them may hand them on; TACA's first step inside its window tells."""
+    model), naming `node`. One that takes them may hand them on; TACA's first step inside its
+    window tells."""
     cls = type(dm)
     if any(c.__module__.startswith("comfy.ldm.") for c in cls.__mro__):
         return
@@ -338,9 +340,9 @@ def refuse_attention_outside_comfy(dm: torch.nn.Module, family: Family) -> None:
     if any(p.name == "transformer_options" or p.kind == p.VAR_POSITIONAL for p in parameters):
         return
     raise ValueError(
-        f"TACA cannot be applied to this model: its diffusion model is {cls.__name__} from the module "
+        f"{node} cannot be applied to this model: its diffusion model is {cls.__name__} from the module "
         f"{cls.__module__}, not ComfyUI's own {family.name} model, and its forward takes no transformer_options, "
-        f"so its attention does not go through ComfyUI's attention, whose override TACA works through: TACA would "
+        f"so its attention does not go through ComfyUI's attention, whose override {node} works through: it would "
         f"have no effect. Load the model with ComfyUI's own loader (Load Diffusion Model, or a loader that builds "
-        f"ComfyUI's model classes), or bypass the TACA node for this model."
+        f"ComfyUI's model classes), or bypass the {node} node for this model."
     )

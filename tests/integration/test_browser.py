@@ -17,7 +17,8 @@ shrinks the run to 64×64 and two steps (see model_files.py); the screenshot sho
 workflow as shipped.
 
 TACA_UPDATE_SCREENSHOTS=1 also writes the screenshots as the workflows' thumbnails
-(workflows/<name>.jpg) and the README's docs/side_by_side.png and docs/attention_balance.png.
+(workflows/<name>.jpg) and the README's docs/side_by_side.png, and the balance workflow's plot as
+docs/attention_balance.png.
 """
 
 import io
@@ -336,9 +337,14 @@ def test_workflow_loads_without_dialogs_and_runs_from_the_ui(page, server, name)
 
     image = run_from_the_ui(page, server)
     assert image.shape[0] == TEST_SIZE and image.shape[1] >= TEST_SIZE
-    after_run = page.screenshot(path=str(SCREENSHOTS / f"{name}-after-run.png"))
-    if UPDATE_SCREENSHOTS and name == BALANCE:  # the README's picture of the plot, from the test's tiny model
-        Image.open(io.BytesIO(after_run)).convert("RGB").save(PACK / "docs" / "attention_balance.png", optimize=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}-after-run.png"))
+    if UPDATE_SCREENSHOTS and name == BALANCE:  # the README's picture: the plot of this run, on the test's tiny model
+        entry = list(server.client.get("/history").values())[-1]
+        prompt = entry["prompt"][2]
+        (saver,) = [i for i, node in prompt.items() if node["class_type"] == "SaveImage"
+                    and prompt[node["inputs"]["images"][0]]["class_type"] == "TACABalancePlot"]
+        (png,) = server.files(entry, saver)
+        Image.open(io.BytesIO(png)).convert("RGB").save(PACK / "docs" / "attention_balance.png", optimize=True)
 
 
 def test_side_by_side_with_taca_bypassed_gives_the_baseline_twice(page, server):
@@ -386,3 +392,26 @@ def test_the_templates_sidebar_lists_the_examples_under_the_pack(page, server):
     page.screenshot(path=str(SCREENSHOTS / "templates.png"))
     page.keyboard.press("Escape")
     assert set(SHIPPED) <= set(listed), listed
+
+
+# Each of the pack's nodes as the search box adds it: its width, and its title's width in the
+# font the canvas draws titles with.
+NEW_NODE_TITLES_JS = """
+(types) => {
+  const measure = document.createElement('canvas').getContext('2d');
+  return types.map(type => {
+    const node = LiteGraph.createNode(type);
+    measure.font = node.titleFontStyle;
+    return {type, width: node.size[0], title: measure.measureText(node.title).width, margin: 2 * LiteGraph.NODE_TITLE_HEIGHT};
+  });
+}
+"""
+
+
+def test_the_packs_nodes_show_their_whole_title_when_added(page, server):
+    # LiteGraph draws a title in the node's width less two title heights (the probe's was cut,
+    # "TACA Attention Balance ..."); web/whole_titles.js sizes the pack's nodes to fit.
+    ours = sorted(name for name, info in server.object_info.items() if info["python_module"] == f"custom_nodes.{PACK_FOLDER}")
+    assert "TACABalanceProbe" in ours
+    for node in page.evaluate(NEW_NODE_TITLES_JS, ours):
+        assert node["width"] - node["margin"] >= node["title"], node

@@ -49,6 +49,7 @@ def test_a_class_whose_forward_takes_no_transformer_options_is_refused_at_the_no
         else:
             nodes.NODE_CLASS_MAPPINGS["TACABalanceProbe"].execute(model=model)
     assert says_which_model(str(error.value), WithoutTransformerOptions), str(error.value)
+    assert str(error.value).startswith(f"{node if 'Probe' in node else 'TACA'} cannot be applied"), str(error.value)
     assert model.model.diffusion_model.timesteps == []
 
 

@@ -7,18 +7,20 @@ step's prediction (any model). With settings that make them skip steps inside TA
   forwards that run, and a skipped step reuses what the cache kept;
 - at γ₀ = 1, TACA with the cache is bit-identical to the cache alone, in both orders;
 - the balance plot's numbers list the skipped steps as skipped, with no mass, not as zeros,
-  and TACA's window over them.
+  and TACA's window over them; its figure hatches and labels them on each branch's heatmap
+  and leaves gaps in the per-step curves (the PNGs go to test-artifacts/balance_plots/).
 """
 
 import json
 
+import numpy as np
 import pytest
 
 import folder_paths
 from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
 
 from reference import ReferenceTACA, identical, max_difference, recording, step_gamma
-from test_balance import chained, plot, probe
+from test_balance import chained, pack_module, plot, probe, save_png
 from tiny_models import (conditioning, empty_latent, image_tokens, sample, sigmas, timestep, tiny_flux,
                          tiny_sd35_medium, with_attention_override)
 
@@ -91,13 +93,38 @@ def test_the_plot_lists_skipped_steps_as_skipped(cache, family, taca, tmp_path, 
     ran = steps_that_ran(model, calls, joint_length)
     assert 0 < len(ran) < STEPS
 
-    plot(balance, out)
+    save_png(f"{cache}_{family.replace('.', '')}_skipped_steps", plot(balance, out))
     (written,) = tmp_path.glob("taca_balance/test_*.json")
     table = json.loads(written.read_text())
+    skipped = [round(t, 3) not in ran for t in steps]
+    window = [t >= threshold for t in steps]
     assert [round(t, 3) for t in table["timesteps"]] == [round(t, 3) for t in steps]  # every step, in order
-    assert table["skipped"] == [round(t, 3) not in ran for t in steps]
-    assert table["in_window"] == [t >= threshold for t in steps]
-    for i, skipped in enumerate(table["skipped"]):
-        column = [row[i] for row in table["mass_used"] + table["mass_without_taca"]]
-        assert all(v is None for v in column) if skipped else all(isinstance(v, float) for v in column)
-        assert (table["step_mean_used"][i] is None) == skipped
+    assert table["skipped"] == skipped and any(s and w for s, w in zip(skipped, window))
+    assert table["in_window"] == window
+    assert sorted(table["branches"]) == ["cond", "uncond"]
+    for name, branch in table["branches"].items():
+        # The cache skips a step for both branches: no share there (null, not 0), and TACA's
+        # window over it where its γ would have been on.
+        assert branch["skipped"] == skipped and branch["in_window"] == window, name
+        assert branch["taca_on"] == [window] * table["blocks"], name
+        for i, was_skipped in enumerate(skipped):
+            column = [row[i] for row in branch["mass_used"] + branch["mass_without_taca"] + branch["change"]]
+            assert all(v is None for v in column) if was_skipped else all(isinstance(v, float) for v in column)
+            assert (branch["step_mean_used"][i] is None) == (branch["step_mean_without_taca"][i] is None) == was_skipped
+
+    # The figure: each run of skipped steps hatched and labelled on each branch's heatmap, a gap
+    # in every per-step curve, and the statement at the top says which steps.
+    figure = pack_module("nodes.balance_plot").draw_balance(table)
+    figure.canvas.draw()
+    heats = [axes for axes in figure.axes if axes.images]
+    (means,) = [axes for axes in figure.axes if axes.get_lines() and not axes.images]
+    runs = pack_module("nodes.balance_plot").runs_of(skipped)
+    assert len(heats) == 2
+    for axes in heats:
+        hatched = sorted((round(p.get_x() - 0.5), round(p.get_x() + p.get_width() - 1.5)) for p in axes.patches if p.get_hatch())
+        assert hatched == runs
+        assert [t.get_text() for t in axes.texts] == ["skipped"] * len(runs)
+    for line in means.get_lines():
+        assert list(np.isnan(np.asarray(line.get_ydata(), dtype=float))) == skipped, line.get_label()
+    statement = " ".join(t.get_text() for t in figure.texts).replace("\n", " ")
+    assert f"Skipped: {pack_module('nodes.balance_plot').steps_in_words(skipped)} of {STEPS}" in statement

@@ -61,8 +61,9 @@ def of_type(prompt: dict, class_type: str) -> list:
 
 
 def image_saver(prompt: dict) -> str:
-    """The Save Image node of the decoded sample (the balance workflow saves its plot too)."""
-    (save,) = [i for i in of_type(prompt, "SaveImage") if prompt[prompt[i]["inputs"]["images"][0]]["class_type"] == "VAEDecode"]
+    """The Save Image node of the decoded samples, stitched or not (the balance workflow saves its plot too)."""
+    (save,) = [i for i in of_type(prompt, "SaveImage")
+               if prompt[prompt[i]["inputs"]["images"][0]]["class_type"] in ("VAEDecode", "ImageStitch")]
     return save
 
 
@@ -218,7 +219,7 @@ def test_a_note_explains_gamma_threshold_and_what_to_try(name):
 
 # --- execution ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n != SIDE_BY_SIDE])
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n not in (SIDE_BY_SIDE, BALANCE)])  # two branches: below
 def test_workflow_runs_and_its_taca_nodes_change_the_image(server, name):
     workflow = load_workflow(name)
     prompt = server.small_run(workflow)
@@ -290,35 +291,64 @@ def test_side_by_side_labels_with_the_core_text_node_where_comfyui_has_one(serve
         assert np.array_equal(labeled_image[TEST_SIZE // 2:, half], plain[TEST_SIZE // 2:, half])  # the image below it
 
 
+def with_saved_latents(prompt: dict) -> dict:
+    """The prompt with a SaveLatent after each of its samplers ('Sampler: baseline', 'Sampler: TACA')."""
+    for branch in ("baseline", "TACA"):
+        prompt[f"latent_{branch}"] = {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": [by_title(prompt, f"Sampler: {branch}"), 0], "filename_prefix": f"tests/{branch}"},
+            "_meta": {"title": f"Save latent: {branch}"},
+        }
+    return prompt
+
+
 def balance_run(server, bypass=()):
-    """The balance workflow's image, plot and newest JSON of numbers."""
-    prompt = server.small_run(load_workflow(BALANCE), bypass=bypass)
+    """The balance workflow's stitched image (baseline | TACA), plot, newest JSON of numbers and each run's latent."""
+    prompt = with_saved_latents(server.small_run(load_workflow(BALANCE), bypass=bypass))
     entry = server.run(prompt)
     (plot_saver,) = [i for i in of_type(prompt, "SaveImage") if i != image_saver(prompt)]
     (numbers,) = (server.base / "output" / "TACA").glob(f"balance_{len(list(server.base.glob('output/TACA/balance_*.json'))):05}_.json")
-    return server.image(entry, image_saver(prompt)), server.image(entry, plot_saver), json.loads(numbers.read_text())
+    latents = {branch: server.latent(entry, f"latent_{branch}") for branch in ("baseline", "TACA")}
+    return server.image(entry, image_saver(prompt)), server.image(entry, plot_saver), json.loads(numbers.read_text()), latents
 
 
-def test_balance_workflow_plots_the_run_and_writes_its_numbers(server):
-    image, plot, table = balance_run(server)
+def test_balance_workflow_plots_the_taca_run_against_a_true_baseline(server):
+    # One probe before TACA and its LoRA records two runs of one seed: the model as it is and
+    # the model with TACA and the LoRA. The plot compares them, and says so.
+    stitched, plot, table, latents = balance_run(server)
     assert plot.shape[0] > 4 * TEST_SIZE and plot.shape[1] > 2 * plot.shape[0] and plot.std() > 20
-    assert table["family"].startswith("FLUX.1") and table["taca"] == "γ₀ 1.2, threshold 970"
+    assert table["family"].startswith("FLUX.1")
+    assert table["taca"] == {"gamma0": 1.2, "schedule": "step", "threshold": 970, "blocks": "all",
+                             "branches": ["cond", "uncond"], "description": "γ₀ 1.2, threshold 970"}
+    assert table["taca_lora"] == "with TACA"
+    assert table["compared_with"] == "baseline run"
+    assert table["baseline"]["taca"] is None and table["baseline"]["taca_lora"] is None
+    assert "against the baseline run, sampled with no TACA node and no TACA LoRA" in table["comparison"]
     assert len(table["timesteps"]) == TEST_STEPS and table["in_window"] == [True, False]
-    assert len(table["mass_used"]) == table["blocks"] == sum(n for _, n in table["block_kinds"])
-    (used_in, plain_in), (used_out, plain_out) = zip(table["step_mean_used"], table["step_mean_without_taca"])
-    assert abs(used_in - plain_in) > 1e-4 and used_out == plain_out  # γ₀ moves the share on TACA's step only
+    assert list(table["branches"]) == ["cond"]  # FLUX at CFG 1: the negative branch never runs
+    cond = table["branches"]["cond"]
+    assert len(cond["mass_used"]) == table["blocks"] == sum(n for _, n in table["block_kinds"])
+    assert all(abs(v) > 1e-4 for v in (row[0] for row in cond["change"]))  # TACA's step moved every block
+    (stitch,) = [node for node in load_workflow(BALANCE)["nodes"] if node["type"] == "ImageStitch"]
+    gap = stitch["widgets_values"][2]
+    left, right = stitched[:, :TEST_SIZE], stitched[:, TEST_SIZE + gap:]
+    assert np.abs(right.astype(int) - left).max() > 0
 
-    # Bypassing TACA and its LoRA (Ctrl+B): the probe sees the baseline, and the curves meet.
-    baseline, _, plain = balance_run(server, bypass=TACA_NODES)
-    assert plain["taca"] == "" and plain["in_window"] == [False, False]
-    assert plain["mass_used"] == plain["mass_without_taca"]
-    assert np.abs(image.astype(int) - baseline).max() > 0
+    # The baseline run is the untouched model: TACA and its LoRA bypassed (Ctrl+B), the TACA
+    # run gives the same latent; the two runs are then one, and nothing changed.
+    server.forget_results()
+    plain_stitched, _, plain, plain_latents = balance_run(server, bypass=TACA_NODES)
+    assert torch.equal(plain_latents["baseline"], latents["baseline"]) and torch.equal(plain_latents["TACA"], latents["baseline"])
+    assert np.array_equal(plain_stitched[:, :TEST_SIZE], left)
+    assert plain["taca"] is None and plain["taca_lora"] is None and plain["in_window"] == [False, False]
+    assert plain["heatmap"]["min"] == plain["heatmap"]["max"] == 0 and plain["heatmap"]["colour_scale"] == [-0.01, 0.01]
     # The probe only looks: bypassing the probe, the plot and the plot's Save Image, as the
-    # workflow's note says, leaves the image as it was.
+    # workflow's note says, leaves the baseline run as it was.
     prompt = server.small_run(load_workflow(BALANCE), bypass=TACA_NODES + ("TACABalanceProbe", "TACABalancePlot"))
     prompt = {i: node for i, node in prompt.items() if node["class_type"] != "SaveImage" or "images" in node["inputs"]}
     assert not of_type(prompt, "TACABalancePlot") and len(of_type(prompt, "SaveImage")) == 1
-    assert np.array_equal(server.image(server.run(prompt), image_saver(prompt)), baseline)
+    prompt = with_saved_latents(prompt)
+    assert torch.equal(server.latent(server.run(prompt), "latent_baseline"), latents["baseline"])
 
 
 # --- the headless runner ------------------------------------------------------------------
