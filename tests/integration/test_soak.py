@@ -388,7 +388,8 @@ def test_no_diffusion_model_or_lora_tensor_is_referenced_after_free(soak):
               for i, m in enumerate(soak.models)]
     assert server.run(side_by_side(chains))["status"]["status_str"] == "success"
     watched = server.client.post("/taca-test/watch", {})
-    assert watched["diffusion model"] >= len(soak.models) and watched["LoRA tensor"] > 0, watched
+    # Exactly the prompt's models are alive: none of the soak's earlier prompts left one behind.
+    assert watched["diffusion model"] == len(soak.models) and watched["LoRA tensor"] > 0, watched
     server.forget_results()  # ComfyUI's /free (unload_models, free_memory), then a prompt so the worker reads it
     server.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1}},
                 "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})  # the worker is past the flags
