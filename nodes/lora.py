@@ -43,20 +43,76 @@ KEY_HINTS = (
     ("blocks.0.cross_attn", "Wan"),
 )
 
+LORA_SOURCE = "the TACA LoRAs: huggingface.co/ldiex/TACA"
+DOWNLOAD_AGAIN = f"Download it again ({LORA_SOURCE}) and compare its size with the source's."
+MAX_HEADER = 100_000_000  # safetensors' own limit on a header's size
+
 
 def load_lora_file(path: str):
-    """The LoRA's tensors and safetensors metadata, or an error that names the file."""
+    """The LoRA's tensors and safetensors metadata, or an error that names the file.
+
+    Checked here, before any sampling: the file is whole (a cut-off download is named as
+    such) and every value is finite (one NaN would turn every image it touches black)."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{NODE}: LoRA file '{name}' was not found at {path}.")
+    if path.lower().endswith((".safetensors", ".sft")):
+        check_complete(path, name)
     try:
         sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     except Exception as e:
         raise ValueError(
             f"{NODE}: could not read LoRA file '{name}': it is corrupt, incomplete or not a "
-            f"LoRA checkpoint ({type(e).__name__}: {e}). Download it again from huggingface.co/ldiex/TACA."
+            f"LoRA checkpoint ({type(e).__name__}: {e}). {DOWNLOAD_AGAIN}"
         ) from e
+    check_finite(sd, name)
     return sd, metadata or {}
+
+
+def check_complete(path: str, name: str) -> None:
+    """A safetensors file holds 8 bytes of header size, the JSON header, then the tensors at the
+    offsets the header lists: a file shorter than that was cut off (an unfinished download)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_size = int.from_bytes(head, "little") if len(head) == 8 else None
+        if header_size is None or 8 + header_size > size:
+            if header_size is not None and header_size > MAX_HEADER:
+                return  # not a safetensors header at all: the loader says so
+            raise ValueError(
+                f"{NODE}: LoRA file '{name}' is cut off inside its header ({size:,} bytes in all): the download or "
+                f"copy did not finish. {DOWNLOAD_AGAIN}"
+            )
+        try:
+            header = json.loads(f.read(header_size))
+            ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return  # a malformed header: the loader's own error says what is wrong
+    expected = 8 + header_size + max(ends, default=0)
+    if size < expected:
+        raise ValueError(
+            f"{NODE}: LoRA file '{name}' is cut off: it holds {size:,} bytes, its header lists {expected:,} "
+            f"({len(ends)} tensors). The download or copy did not finish. {DOWNLOAD_AGAIN}"
+        )
+
+
+def check_finite(sd: dict, name: str) -> None:
+    """Every floating-point value of the LoRA is finite, or an error naming the tensors that are not."""
+    bad = {}
+    for key, tensor in sd.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        values = tensor if tensor.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else tensor.float()
+        if not torch.isfinite(values).all():
+            bad[key] = (int(torch.isnan(values).sum()), int(torch.isinf(values).sum()))
+    if bad:
+        key, (nan, inf) = sorted(bad.items())[0]
+        raise ValueError(
+            f"{NODE}: LoRA file '{name}' holds values that are not numbers: {len(bad)} of its {len(sd)} tensors contain "
+            f"NaN or infinity (for example '{key}': {nan} NaN, {inf} infinite). Sampling with it would give a black "
+            f"or noise image. The file is damaged, or it was saved from a training run that diverged: download it "
+            f"again ({LORA_SOURCE}), or use another checkpoint of the LoRA."
+        )
 
 
 def module_of(key: str) -> str:
@@ -122,7 +178,7 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
     if alpha is not None:
         sd = {**sd, **{f"{m}.alpha": torch.tensor(alpha) for m in mapped if f"{m}.alpha" not in sd}}
 
-    per_module = {}
+    per_module, misfits = {}, {}
     for target, patch in comfy.lora.load_lora(sd, key_map, log_missing=False).items():
         # A target is a weight key, or (key, offset, function) as in ModelPatcher.add_patches: offset
         # (dim, start, size) is a row slice of a fused layer; function reorders the rows of the delta.
@@ -144,28 +200,39 @@ def lowrank_adds(model, sd: dict, metadata: dict, strength: float, name: str) ->
             )
         up, down, file_alpha = patch.weights[:3]
         up, down = up.flatten(1), down.flatten(1)
+        weight = comfy.utils.get_attr(model.model, key)
+        rows = offset[2] if offset is not None else weight.shape[0]  # the layer's rows, or its slice's
+        misfit = shape_misfit(weight, down, up, row_start, rows)
+        if misfit:
+            misfits.setdefault(key[:-len(".weight")], misfit)
+            continue
         if function is not None:
             up = function(up)  # a row permutation of B·A (swap_scale_shift) is the same one of B
         scale = strength * (file_alpha / down.shape[0] if file_alpha is not None else 1.0)
         per_module.setdefault(key[:-len(".weight")], []).append(LowRankAdd(down, up, scale, row_start))
-    weights = {path: comfy.utils.get_attr(model.model, path + ".weight") for path in per_module}
-    misfits = [path for path, adds in per_module.items() if not fits(weights[path], adds)]
     if misfits:
-        path = misfits[0]
+        path, misfit = next(iter(misfits.items()))
         raise ValueError(
-            f"{NODE}: '{name}' does not fit the model connected, {describe(model)}: {len(misfits)} of its {len(per_module)} "
-            f"layers have other sizes (for example {path}: the LoRA's input width is {per_module[path][0].down.shape[1]}, "
-            f"the model's layer is {tuple(weights[path].shape)}). Its keys are those of {describe_target(sd)}: it was "
-            f"trained for another model. Use the TACA LoRA trained for this base model (FLUX.1-dev or SD3.5-Medium)."
+            f"{NODE}: '{name}' does not fit the model connected, {describe(model)}: {len(misfits)} of its "
+            f"{len(misfits) + len(per_module.keys() - misfits.keys())} layers {'has' if len(misfits) == 1 else 'have'} other sizes (for example {path}: "
+            f"{misfit}). Its keys are those of {describe_target(sd)}. A LoRA fits only the model it was trained "
+            f"for: use the one trained for the model connected ({LORA_SOURCE}, one per base model), or check that "
+            f"the file is not damaged."
         )
     return {path: LowRankAdds(adds) for path, adds in per_module.items()}
 
 
-def fits(weight: torch.Tensor, adds) -> bool:
-    """Whether low-rank adds fit a Linear weight (out_features × in_features)."""
-    return weight.ndim == 2 and all(
-        a.down.shape[1] == weight.shape[1] and a.row_start + a.up.shape[0] <= weight.shape[0] for a in adds
-    )
+def shape_misfit(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, row_start: int, rows: int):
+    """Why LoRA factors A (rank × in) and B (rows × rank) do not fit a Linear weight (out × in)
+    at output rows row_start…row_start + rows, or None where they fit."""
+    if down.shape[1] != weight.shape[1]:
+        return f"the LoRA's input width is {down.shape[1]}, the model's layer is {tuple(weight.shape)}"
+    if up.shape[1] != down.shape[0]:
+        return f"its lora_A has rank {down.shape[0]} and its lora_B rank {up.shape[1]}"
+    if up.shape[0] != rows or row_start + rows > weight.shape[0]:
+        where = f"rows {row_start}–{row_start + rows - 1} of " if rows != weight.shape[0] else ""
+        return f"the LoRA's output width is {up.shape[0]}, the model's layer gives {rows} ({where}{tuple(weight.shape)})"
+    return None
 
 
 @dataclass

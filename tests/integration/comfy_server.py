@@ -49,7 +49,8 @@ TEST_SIZE, TEST_STEPS = 64, 2
 class SharedComfyUI:
     """A ComfyUI server process with its base folder; url, client, object_info, comfyui_version."""
 
-    def __init__(self):
+    def __init__(self, setup=None):
+        """setup(base folder), if given, adds to the base folder before the server starts."""
         self.base = Path(tempfile.mkdtemp(prefix="comfyui-taca-server-"))
         (self.base / "custom_nodes").mkdir()
         (self.base / "custom_nodes" / PACK_FOLDER).symlink_to(PACK)
@@ -57,6 +58,8 @@ class SharedComfyUI:
         settings = self.base / "user" / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True)
         settings.write_text(json.dumps(FRONTEND_SETTINGS))
+        if setup is not None:
+            setup(self.base)
         self.log = self.base / "comfyui.log"
         try:
             self.process, self.url = start_server(
