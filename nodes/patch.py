@@ -37,6 +37,7 @@ from .forward_patch import ForwardPatch, add_forward_patch
 SETTINGS_KEY = "taca"
 STEP_KEY = "taca_step"
 WRAPPER_KEY = "taca"
+FORWARD_KEY = "taca_forward"  # the callbacks that follow a forward replaced outside ComfyUI's patching
 COMPILE_KWARGS = "torch_compile_kwargs"  # where comfy_api.torch_helpers keeps TorchCompileModel's settings
 # ComfyUI's attention functions that torch.compile traces without a graph break (measured:
 # PyTorch SDPA; sub-quadratic and split attention break it; the GPU-only ones were not measured).
@@ -164,9 +165,28 @@ class TACAState:
 
     probe: Optional[object] = None  # probe.BalanceProbe
     step: Optional[TACAStep] = None
+    # For one sampling run: a forward that code outside ComfyUI's model patching put on the
+    # diffusion model (ComfyUI-NAG's sampler does, as it starts), which TACA's patch displaced.
+    replaced_forward: Optional[Callable] = None
 
     def __deepcopy__(self, memo):
         return self
+
+
+class StepHidden:
+    """An attention override that a node after TACA set in place of TACA's, called with the
+    step hidden: where it calls TACA's own override in turn (a node that chains the one it
+    found), that one hands the call on untouched, so TACA applies once, around both."""
+
+    def __init__(self, override, state: TACAState):
+        self.override, self.state = override, state
+
+    def __call__(self, func, *args, **kwargs):
+        step, self.state.step = self.state.step, None
+        try:
+            return self.override(func, *args, **kwargs)
+        finally:
+            self.state.step = step
 
 
 class TACAForward(ForwardPatch):
@@ -176,14 +196,59 @@ class TACAForward(ForwardPatch):
     def __init__(self, module, forward, state: TACAState):
         super().__init__(module, forward)
         self.state = state
+        self.around = (None, None)  # (an override set after TACA, TACA's override around it)
 
     def __call__(self, *args, **kwargs):
         options = kwargs.get("transformer_options")
         if options is not None:  # BaseModel.apply_model always passes them
             # Read here, a graph traced whole guards the step by this patch's path (the override
             # reaches the same state through transformer_options, whose guards may be dropped).
-            kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: self.state.step}}
+            options = {**options, STEP_KEY: self.state.step}
+            override = options.get(OVERRIDE_KEY)
+            if not (isinstance(override, TACAOverride) and override.state is self.state):
+                options[OVERRIDE_KEY] = self.override_around(override)
+            kwargs = {**kwargs, "transformer_options": options}
+        replaced = self.state.replaced_forward
+        if replaced is not None and is_own_forward(self.forward, self.module):
+            return replaced(*args, **kwargs)
         return self.forward(*args, **kwargs)
+
+    def override_around(self, override) -> TACAOverride:
+        """TACA's override around one that a node after TACA set in its place (as KJNodes'
+        Sage and Flash attention patches do: they replace the override, chaining nothing),
+        the same object for the same override, so compiled code sees one."""
+        if self.around[0] is not override or self.around[1] is None:
+            self.around = (override, TACAOverride(self.state, None if override is None else StepHidden(override, self.state)))
+        return self.around[1]
+
+
+def is_own_forward(forward, module) -> bool:
+    """Whether `forward` is the module's class forward, bound to it (as ComfyUI's unpatching
+    restores it, too)."""
+    return getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
+
+
+def follow_a_replaced_forward(state: TACAState, patcher) -> None:
+    """ON_PRE_RUN: where TACA's patch displaced a forward that other code set on the diffusion
+    model outside ComfyUI's model patching, call that forward for this run instead of undoing it.
+
+    ComfyUI-NAG's sampler sets the diffusion model's forward as sampling starts, before ComfyUI
+    loads the model and sets the object patches (TACA's among them), and puts back what it found
+    when sampling ends. ComfyUI keeps what TACA's patch displaced, to restore it when the model
+    is unpatched: that would bring this run's forward back into later runs without it, so
+    ComfyUI is left to restore the model's own forward instead."""
+    key = "diffusion_model.forward"
+    displaced = patcher.object_patches_backup.get(key)
+    module = patcher.model.diffusion_model
+    foreign = displaced is not None and not isinstance(displaced, ForwardPatch) and not is_own_forward(displaced, module)
+    state.replaced_forward = displaced if foreign else None
+    if foreign:
+        patcher.object_patches_backup[key] = type(module).forward.__get__(module)
+
+
+def forget_a_replaced_forward(state: TACAState, patcher) -> None:
+    """ON_CLEANUP: the replaced forward belongs to the run that found it."""
+    state.replaced_forward = None
 
 
 def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_crossattn, control,
@@ -265,6 +330,10 @@ def attach(model, probe=None):
         return TACAForward(module, previous_patch, state)
 
     add_forward_patch(patched, "diffusion_model", make_forward)
+    for call_type, callback in ((comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, follow_a_replaced_forward),
+                                (comfy.patcher_extension.CallbacksMP.ON_CLEANUP, forget_a_replaced_forward)):
+        patched.remove_callbacks_with_key(call_type, FORWARD_KEY)
+        patched.add_callback_with_key(call_type, FORWARD_KEY, functools.partial(callback, state))
     if WRAPPER_KEY not in patched.callbacks.get(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, {}):
         patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY,
                                       refuse_a_compile_that_breaks_in_attention)
