@@ -32,6 +32,7 @@ import comfy.patcher_extension
 from ..taca.attention import taca_attention, text_attention_mass
 from ..taca.schedule import timestep_from_sigma
 from .architectures import Family, TextLayout, family_of
+from .compiled import compile_node, compiled_modules
 from .forward_patch import ForwardPatch, add_forward_patch
 
 SETTINGS_KEY = "taca"
@@ -293,21 +294,41 @@ def refuse_a_compile_that_breaks_in_attention(patcher) -> None:
     compiled without one first, it would skip TACA's. Dynamo shares these frames between
     compiles. Where another node's override picks the attention, every model that node feeds
     has an override, and TACA's own frames guard what they read, so that runs.
+
+    Other packs' compile nodes may drop the same guards (KJNodes' TorchCompileModelAdvanced
+    does, on every host) and compile only the blocks: then no graph holds TACA's forward
+    patch, and with any attention the compiled blocks cannot see the window move.
     """
     # TorchCompileModel on 0.33 passes options={"guard_filter_fn": …} (torch.compile pops the
     # function out of that dict); on 0.3.64 it passes none and every guard is kept.
     filtered = (patcher.model_options.get(COMPILE_KWARGS) or {}).get("options") is not None
     override = patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
+    if not filtered or not isinstance(override, TACAOverride):
+        return
+    node = compile_node(patcher)
+    pieces = compiled_modules(patcher)
+    if pieces and "diffusion_model" not in pieces:
+        # TACA's forward patch on the diffusion model, which reads each forward's step where
+        # dynamo guards it, stays outside these graphs: they would replay a step traced on the
+        # other side of the window (measured: KJNodes' TorchCompileModelAdvanced stopped
+        # mid-run with an AttributeError).
+        raise RuntimeError(
+            f"TACA with {node}: it compiles parts of the diffusion model ({pieces[0]}"
+            f"{f' and {len(pieces) - 1} more' if len(pieces) > 1 else ''}) and keeps no guard on the attention "
+            f"settings it compiles, so the compiled parts would not see TACA's window begin or end. Nothing was "
+            f"compiled or sampled. Compile the whole diffusion model instead (KJNodes' TorchCompileModelAdvanced: "
+            f"compile_transformer_blocks_only off; or ComfyUI's TorchCompileModel), use a compile node that keeps "
+            f"its guards (KJNodes' TorchCompileModelFluxAdvancedV2), or bypass TACA for this run."
+        )
     backend = attention_backend()
-    if (not filtered or not isinstance(override, TACAOverride) or override.previous is not None
-            or backend in UNBROKEN_BY_COMPILE):
+    if override.previous is not None or backend in UNBROKEN_BY_COMPILE:
         return
     raise RuntimeError(
-        f"TACA with TorchCompileModel: ComfyUI runs attention with its '{backend}' function, which breaks "
-        f"torch.compile's graph inside every attention call, and this TorchCompileModel keeps no guard on the "
+        f"TACA with {node}: ComfyUI runs attention with its '{backend}' function, which breaks "
+        f"torch.compile's graph inside every attention call, and this compile keeps no guard on the "
         f"attention settings it compiles, so a compiled step could reuse another model's attention and a later "
         f"compile without TACA could fail. Nothing was compiled or sampled. Start ComfyUI with "
-        f"--use-pytorch-cross-attention (PyTorch attention compiles without a break), or remove TorchCompileModel "
+        f"--use-pytorch-cross-attention (PyTorch attention compiles without a break), or remove the compile node "
         f"or bypass TACA for this run."
     )
 
