@@ -214,13 +214,49 @@ class TACAForward(ForwardPatch):
             return replaced(*args, **kwargs)
         return self.forward(*args, **kwargs)
 
-    def override_around(self, override) -> TACAOverride:
-        """TACA's override around one that a node after TACA set in its place (as KJNodes'
-        Sage and Flash attention patches do: they replace the override, chaining nothing),
-        the same object for the same override, so compiled code sees one."""
+    def override_around(self, override):
+        """The override for this forward where a node after TACA set its own: that one where
+        it calls TACA's in turn (it chains), else TACA's around it (as for KJNodes' Sage and
+        Flash attention patches, which replace the override and chain nothing). The same
+        object for the same override, so compiled code sees one."""
         if self.around[0] is not override or self.around[1] is None:
-            self.around = (override, TACAOverride(self.state, None if override is None else StepHidden(override, self.state)))
+            around = override if reaches(override, self.state) else TACAOverride(
+                self.state, None if override is None else StepHidden(override, self.state))
+            self.around = (override, around)
         return self.around[1]
+
+
+def reaches(override, state: TACAState, depth: int = 4, seen=None) -> bool:
+    """Whether an override holds TACA's override of `state`, so that calling it calls TACA's:
+    directly, in a closure, a functools.partial, a bound method or a callable object's
+    attributes, a few levels deep (how chaining nodes keep the override they found)."""
+    if isinstance(override, TACAOverride):
+        return override.state is state or reaches(override.previous, state, depth, seen)
+    seen = set() if seen is None else seen
+    if depth == 0 or override is None or id(override) in seen or isinstance(override, (torch.Tensor, torch.nn.Module)):
+        return False
+    seen.add(id(override))
+    held = []
+    if isinstance(override, functools.partial):
+        held += [override.func, *override.args, *override.keywords.values()]
+    elif isinstance(override, (list, tuple)):
+        held += list(override)
+    elif isinstance(override, dict):
+        held += list(override.values())
+    elif callable(override):
+        held += [getattr(override, "__self__", None), getattr(override, "__func__", None)]
+        held += [cell.cell_contents for cell in getattr(override, "__closure__", None) or () if cell_is_full(cell)]
+        if not isinstance(override, type) and not hasattr(override, "__code__"):
+            held += list(getattr(override, "__dict__", {}).values())
+    return any(reaches(h, state, depth - 1, seen) for h in held)
+
+
+def cell_is_full(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
 
 
 def is_own_forward(forward, module) -> bool:
