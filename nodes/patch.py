@@ -34,6 +34,7 @@ from ..taca.schedule import timestep_from_sigma
 from .architectures import Family, TextLayout, family_of
 from .compiled import compile_node, compiled_modules
 from .forward_patch import ForwardPatch, add_forward_patch
+from .foreign_patches import StepHidden, follow_a_replaced_forward, forget_a_replaced_forward, is_own_forward, reaches
 
 SETTINGS_KEY = "taca"
 STEP_KEY = "taca_step"
@@ -174,22 +175,6 @@ class TACAState:
         return self
 
 
-class StepHidden:
-    """An attention override that a node after TACA set in place of TACA's, called with the
-    step hidden: where it calls TACA's own override in turn (a node that chains the one it
-    found), that one hands the call on untouched, so TACA applies once, around both."""
-
-    def __init__(self, override, state: TACAState):
-        self.override, self.state = override, state
-
-    def __call__(self, func, *args, **kwargs):
-        step, self.state.step = self.state.step, None
-        try:
-            return self.override(func, *args, **kwargs)
-        finally:
-            self.state.step = step
-
-
 class TACAForward(ForwardPatch):
     """diffusion_model.forward: the model's forward, reading this pass's step through the
     diffusion model, where torch.compile keeps its guards."""
@@ -216,76 +201,13 @@ class TACAForward(ForwardPatch):
 
     def override_around(self, override):
         """The override for this forward where a node after TACA set its own: that one where
-        it calls TACA's in turn (it chains), else TACA's around it (as for KJNodes' Sage and
-        Flash attention patches, which replace the override and chain nothing). The same
-        object for the same override, so compiled code sees one."""
+        it calls TACA's in turn (it chains), else TACA's around it (foreign_patches.py). The
+        same object for the same override, so compiled code sees one."""
         if self.around[0] is not override or self.around[1] is None:
             around = override if reaches(override, self.state) else TACAOverride(
                 self.state, None if override is None else StepHidden(override, self.state))
             self.around = (override, around)
         return self.around[1]
-
-
-def reaches(override, state: TACAState, depth: int = 4, seen=None) -> bool:
-    """Whether an override holds TACA's override of `state`, so that calling it calls TACA's:
-    directly, in a closure, a functools.partial, a bound method or a callable object's
-    attributes, a few levels deep (how chaining nodes keep the override they found)."""
-    if isinstance(override, TACAOverride):
-        return override.state is state or reaches(override.previous, state, depth, seen)
-    seen = set() if seen is None else seen
-    if depth == 0 or override is None or id(override) in seen or isinstance(override, (torch.Tensor, torch.nn.Module)):
-        return False
-    seen.add(id(override))
-    held = []
-    if isinstance(override, functools.partial):
-        held += [override.func, *override.args, *override.keywords.values()]
-    elif isinstance(override, (list, tuple)):
-        held += list(override)
-    elif isinstance(override, dict):
-        held += list(override.values())
-    elif callable(override):
-        held += [getattr(override, "__self__", None), getattr(override, "__func__", None)]
-        held += [cell.cell_contents for cell in getattr(override, "__closure__", None) or () if cell_is_full(cell)]
-        if not isinstance(override, type) and not hasattr(override, "__code__"):
-            held += list(getattr(override, "__dict__", {}).values())
-    return any(reaches(h, state, depth - 1, seen) for h in held)
-
-
-def cell_is_full(cell) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:
-        return False
-    return True
-
-
-def is_own_forward(forward, module) -> bool:
-    """Whether `forward` is the module's class forward, bound to it (as ComfyUI's unpatching
-    restores it, too)."""
-    return getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
-
-
-def follow_a_replaced_forward(state: TACAState, patcher) -> None:
-    """ON_PRE_RUN: where TACA's patch displaced a forward that other code set on the diffusion
-    model outside ComfyUI's model patching, call that forward for this run instead of undoing it.
-
-    ComfyUI-NAG's sampler sets the diffusion model's forward as sampling starts, before ComfyUI
-    loads the model and sets the object patches (TACA's among them), and puts back what it found
-    when sampling ends. ComfyUI keeps what TACA's patch displaced, to restore it when the model
-    is unpatched: that would bring this run's forward back into later runs without it, so
-    ComfyUI is left to restore the model's own forward instead."""
-    key = "diffusion_model.forward"
-    displaced = patcher.object_patches_backup.get(key)
-    module = patcher.model.diffusion_model
-    foreign = displaced is not None and not isinstance(displaced, ForwardPatch) and not is_own_forward(displaced, module)
-    state.replaced_forward = displaced if foreign else None
-    if foreign:
-        patcher.object_patches_backup[key] = type(module).forward.__get__(module)
-
-
-def forget_a_replaced_forward(state: TACAState, patcher) -> None:
-    """ON_CLEANUP: the replaced forward belongs to the run that found it."""
-    state.replaced_forward = None
 
 
 def record_step(family: Family, state: TACAState, executor, x, t, c_concat, c_crossattn, control,
