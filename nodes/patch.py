@@ -40,11 +40,14 @@ import comfy.patcher_extension
 from ..taca.attention import taca_attention, text_attention_mass
 from ..taca.schedule import timestep_from_sigma
 from .architectures import Family, TextLayout, family_of
+from .compiled import compile_node, compiled_modules
 from .forward_patch import ForwardPatch, add_forward_patch
+from .foreign_patches import StepHidden, follow_a_replaced_forward, forget_a_replaced_forward, is_own_forward, reaches
 
 SETTINGS_KEY = "taca"
 STEP_KEY = "taca_step"
 WRAPPER_KEY = "taca"
+FORWARD_KEY = "taca_forward"  # the callbacks that follow a forward replaced outside ComfyUI's patching
 COMPILE_KWARGS = "torch_compile_kwargs"  # where comfy_api.torch_helpers keeps TorchCompileModel's settings
 # ComfyUI's attention functions that torch.compile traces without a graph break (measured:
 # PyTorch SDPA; sub-quadratic and split attention break it; the GPU-only ones were not measured).
@@ -176,6 +179,9 @@ class TACAState:
     probe: Optional[object] = None  # probe.BalanceProbe
     step: Optional[TACAStep] = None
     reached: bool = False  # a joint call of this model has reached the override
+    # For one sampling run: a forward that code outside ComfyUI's model patching put on the
+    # diffusion model (ComfyUI-NAG's sampler does, as it starts), which TACA's patch displaced.
+    replaced_forward: Optional[Callable] = None
 
     def __deepcopy__(self, memo):
         return self
@@ -188,14 +194,32 @@ class TACAForward(ForwardPatch):
     def __init__(self, module, forward, state: TACAState):
         super().__init__(module, forward)
         self.state = state
+        self.around = (None, None)  # (an override set after TACA, TACA's override around it)
 
     def __call__(self, *args, **kwargs):
         options = kwargs.get("transformer_options")
         if options is not None:  # BaseModel.apply_model always passes them
             # Read here, a graph traced whole guards the step by this patch's path (the override
             # reaches the same state through transformer_options, whose guards may be dropped).
-            kwargs = {**kwargs, "transformer_options": {**options, STEP_KEY: self.state.step}}
+            options = {**options, STEP_KEY: self.state.step}
+            override = options.get(OVERRIDE_KEY)
+            if not (isinstance(override, TACAOverride) and override.state is self.state):
+                options[OVERRIDE_KEY] = self.override_around(override)
+            kwargs = {**kwargs, "transformer_options": options}
+        replaced = self.state.replaced_forward
+        if replaced is not None and is_own_forward(self.forward, self.module):
+            return replaced(*args, **kwargs)
         return self.forward(*args, **kwargs)
+
+    def override_around(self, override):
+        """The override for this forward where a node after TACA set its own: that one where
+        it calls TACA's in turn (it chains), else TACA's around it (foreign_patches.py). The
+        same object for the same override, so compiled code sees one."""
+        if self.around[0] is not override or self.around[1] is None:
+            around = override if reaches(override, self.state) else TACAOverride(
+                self.state, None if override is None else StepHidden(override, self.state))
+            self.around = (override, around)
+        return self.around[1]
 
 
 class JointBlockMark(ForwardPatch):
@@ -294,21 +318,41 @@ def refuse_a_compile_that_breaks_in_attention(patcher) -> None:
     compiled without one first, it would skip TACA's. Dynamo shares these frames between
     compiles. Where another node's override picks the attention, every model that node feeds
     has an override, and TACA's own frames guard what they read, so that runs.
+
+    Other packs' compile nodes may drop the same guards (KJNodes' TorchCompileModelAdvanced
+    does, on every host) and compile only the blocks: then no graph holds TACA's forward
+    patch, and with any attention the compiled blocks cannot see the window move.
     """
     # TorchCompileModel on 0.33 passes options={"guard_filter_fn": …} (torch.compile pops the
     # function out of that dict); on 0.3.64 it passes none and every guard is kept.
     filtered = (patcher.model_options.get(COMPILE_KWARGS) or {}).get("options") is not None
     override = patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
+    if not filtered or not isinstance(override, TACAOverride):
+        return
+    node = compile_node(patcher)
+    pieces = compiled_modules(patcher)
+    if pieces and "diffusion_model" not in pieces:
+        # TACA's forward patch on the diffusion model, which reads each forward's step where
+        # dynamo guards it, stays outside these graphs: they would replay a step traced on the
+        # other side of the window (measured: KJNodes' TorchCompileModelAdvanced stopped
+        # mid-run with an AttributeError).
+        raise RuntimeError(
+            f"TACA with {node}: it compiles parts of the diffusion model ({pieces[0]}"
+            f"{f' and {len(pieces) - 1} more' if len(pieces) > 1 else ''}) and keeps no guard on the attention "
+            f"settings it compiles, so the compiled parts would not see TACA's window begin or end. Nothing was "
+            f"compiled or sampled. Compile the whole diffusion model instead (KJNodes' TorchCompileModelAdvanced: "
+            f"compile_transformer_blocks_only off; or ComfyUI's TorchCompileModel), use a compile node that keeps "
+            f"its guards (KJNodes' TorchCompileModelFluxAdvancedV2), or bypass TACA for this run."
+        )
     backend = attention_backend()
-    if (not filtered or not isinstance(override, TACAOverride) or override.previous is not None
-            or backend in UNBROKEN_BY_COMPILE):
+    if override.previous is not None or backend in UNBROKEN_BY_COMPILE:
         return
     raise RuntimeError(
-        f"TACA with TorchCompileModel: ComfyUI runs attention with its '{backend}' function, which breaks "
-        f"torch.compile's graph inside every attention call, and this TorchCompileModel keeps no guard on the "
+        f"TACA with {node}: ComfyUI runs attention with its '{backend}' function, which breaks "
+        f"torch.compile's graph inside every attention call, and this compile keeps no guard on the "
         f"attention settings it compiles, so a compiled step could reuse another model's attention and a later "
         f"compile without TACA could fail. Nothing was compiled or sampled. Start ComfyUI with "
-        f"--use-pytorch-cross-attention (PyTorch attention compiles without a break), or remove TorchCompileModel "
+        f"--use-pytorch-cross-attention (PyTorch attention compiles without a break), or remove the compile node "
         f"or bypass TACA for this run."
     )
 
@@ -333,6 +377,10 @@ def attach(model, probe=None, blocks_named=False):
 
     add_forward_patch(patched, "diffusion_model", make_forward)
     mark_joint_blocks(patched, family, state if blocks_named or state.probe is not None else None)
+    for call_type, callback in ((comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, follow_a_replaced_forward),
+                                (comfy.patcher_extension.CallbacksMP.ON_CLEANUP, forget_a_replaced_forward)):
+        patched.remove_callbacks_with_key(call_type, FORWARD_KEY)
+        patched.add_callback_with_key(call_type, FORWARD_KEY, functools.partial(callback, state))
     if WRAPPER_KEY not in patched.callbacks.get(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, {}):
         patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, WRAPPER_KEY,
                                       refuse_a_compile_that_breaks_in_attention)

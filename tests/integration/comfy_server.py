@@ -2,7 +2,8 @@
 
 A real ComfyUI (the one conftest.py imported) runs as a child process on 127.0.0.1 with
 --base-directory pointing at a temporary folder that holds this pack (custom_nodes/ComfyUI-TACA,
-a symlink) and the test model files (model_files.py). It is started once per test session
+a symlink), the other packs found under TACA_PEER_PACKS (peer_packs.py, symlinks beside it)
+and the test model files (model_files.py). It is started once per test session
 and stopped by its PID; its log is kept in test-artifacts/.
 """
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 import folder_paths  # ComfyUI's own module, imported by conftest.py: its folder is the ComfyUI to run
 import model_files
+import peer_packs
 
 PACK = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PACK / "tools"))
@@ -54,6 +56,9 @@ class SharedComfyUI:
         self.base = Path(tempfile.mkdtemp(prefix="comfyui-taca-server-"))
         (self.base / "custom_nodes").mkdir()
         (self.base / "custom_nodes" / PACK_FOLDER).symlink_to(PACK)
+        for pack in peer_packs.PEER_PACKS:
+            if (path := peer_packs.pack_path(pack)) is not None:
+                (self.base / "custom_nodes" / pack.folder).symlink_to(path)
         model_files.install(self.base / "models")
         settings = self.base / "user" / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True)

@@ -7,6 +7,7 @@ tests use the TACA node from ComfyUI's NODE_CLASS_MAPPINGS, never the pack's mod
 """
 
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,68 @@ def import_comfyui(path: Path):
 
     if not asyncio.run(nodes.load_custom_node(str(PACK))):
         raise RuntimeError(f"ComfyUI could not load the pack at {PACK}; its log says why.")
+    load_peer_packs(nodes)
+
+
+class ImportFailures(logging.Handler):
+    """Why ComfyUI could not import a custom node, from the traceback it logs: the pack's
+    file and line where the import failed, and the error."""
+
+    def __init__(self, folder: Path):
+        super().__init__(logging.WARNING)
+        self.folder, self.reason = folder, None
+
+    def emit(self, record):
+        message = record.getMessage()
+        if not message.startswith("Traceback"):
+            return
+        lines = message.strip().splitlines()
+        frames = [line.strip() for line in lines if line.strip().startswith(f'File "{self.folder}')]
+        where = frames[-1].replace(f'File "{self.folder}/', "").replace('",', ",") + ": " if frames else ""
+        self.reason = where + lines[-1]
+
+
+def load_peer_packs(nodes) -> None:
+    """Load the packs found under TACA_PEER_PACKS with ComfyUI's loader; record in
+    peer_packs.LOADED which loaded, and why the others did not."""
+    import peer_packs
+
+    for pack in peer_packs.PEER_PACKS:
+        path = peer_packs.pack_path(pack)
+        if path is None:
+            continue
+        failures = ImportFailures(path)
+        logging.getLogger().addHandler(failures)
+        try:
+            loaded = asyncio.run(nodes.load_custom_node(str(path)))
+        finally:
+            logging.getLogger().removeHandler(failures)
+        version = comfyui_version()
+        peer_packs.LOADED[pack.folder] = None if loaded else (
+            f"{pack.folder} does not load on ComfyUI {version}: "
+            f"{failures.reason or 'see the log'}")
+
+
+def comfyui_version() -> str:
+    try:
+        import comfyui_version
+    except ImportError:
+        return "(version unknown)"
+    return comfyui_version.__version__
+
+
+def pytest_report_header(config):
+    import peer_packs
+
+    if peer_packs.peer_folder() is None:
+        return None
+    lines = [f"peer packs ({peer_packs.ENV}={peer_packs.peer_folder()}):"]
+    for pack in peer_packs.PEER_PACKS:
+        path = peer_packs.pack_path(pack)
+        state = ("absent" if path is None else f"at {peer_packs.checked_out(path)}, "
+                 + ("loaded" if peer_packs.LOADED.get(pack.folder, "") is None else "not loaded"))
+        lines.append(f"  {pack.folder} (tests name {pack.commit[:12]}): {state}")
+    return lines
 
 
 COMFYUI = find_comfyui()

@@ -28,7 +28,7 @@ STRENGTH = 0.8
 
 def _lora(model, select, rank, seed, scale, prefix=None) -> dict:
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    weights = model.model.state_dict()
+    weights = dict(model.model.named_parameters())  # not state_dict(): a GGUF model's is a stand-in of other shapes
     generator = torch.Generator().manual_seed(seed)
     lora = {}
     for name, target in sorted(key_map.items()):
