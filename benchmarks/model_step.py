@@ -38,11 +38,17 @@ the ratio to the baseline of the same run:
                                        window, against TACA alone, and on the model alone
     advanced                           TACA Advanced on every step: its defaults, cond only (γ per
                                        batch item) and a linear ramp, against TACA
+    gguf                               (only when named) the model quantized to Q8_0 by ComfyUI-GGUF's
+                                       rules (tests/integration/gguf_models.py) and loaded by its
+                                       UnetLoaderGGUF: TACA on every step against off; and GGUF off
+                                       against the unquantized model. Needs ComfyUI-GGUF under
+                                       TACA_PEER_PACKS and `gguf`; the narrowed FLUX loads on ComfyUI
+                                       0.33, whose detection reads FLUX's width from the file
 
 and the peak memory of a one-step run with TACA on against no TACA.
 
 Needs a ComfyUI: COMFYUI_PATH=/path/to/ComfyUI python benchmarks/model_step.py [--quick] [--real]
-[--comparisons memory per-step 30-steps overhead compiled probe advanced]. Results go to
+[--comparisons memory per-step 30-steps overhead compiled probe advanced gguf]. Results go to
 benchmarks/results/model_step-<device>[-real][-<attention>][-<comparisons>][-<N>-threads][-quick].{json,md}.
 """
 
@@ -75,8 +81,8 @@ def parse_options():
     parser.add_argument("--size", type=int, help="image side in pixels (default 256, or 1024 with --real)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weights (default bfloat16 with --real on CUDA, else float32)")
-    parser.add_argument("--comparisons", nargs="+", choices=COMPARISONS, default=list(COMPARISONS),
-                        help="which comparisons to run (default all)")
+    parser.add_argument("--comparisons", nargs="+", choices=COMPARISONS, default=list(DEFAULT_COMPARISONS),
+                        help="which comparisons to run (default all but gguf)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     parser.add_argument("--models", nargs="+", choices=["flux", "sd3.5m"], default=["flux", "sd3.5m"])
     parser.add_argument("--attention", choices=list(ATTENTION_FLAGS), default="comfyui",
@@ -84,7 +90,8 @@ def parse_options():
     return parser.parse_args()
 
 
-COMPARISONS = ("memory", "per-step", "30-steps", "overhead", "compiled", "probe", "advanced")
+COMPARISONS = ("memory", "per-step", "30-steps", "overhead", "compiled", "probe", "advanced", "gguf")
+DEFAULT_COMPARISONS = COMPARISONS[:-1]  # gguf needs another pack
 ATTENTION_FLAGS = {"comfyui": None, "pytorch": "use_pytorch_cross_attention", "sub_quad": "use_quad_cross_attention",
                    "split": "use_split_cross_attention"}
 OPTIONS = parse_options()
@@ -295,6 +302,24 @@ def window_steps(model, steps, threshold):
     return int((1000 * sigmas[:-1] >= threshold).sum())
 
 
+GGUF_ARCH = {"flux": "flux", "sd3.5m": "sd3"}
+
+
+def load_gguf(model, family, folder: Path):
+    """`model` quantized to Q8_0 by ComfyUI-GGUF's rules, as its UnetLoaderGGUF loads the file."""
+    import gguf_models  # noqa: E402  (tests/integration; imports gguf)
+
+    if "UnetLoaderGGUF" not in nodes.NODE_CLASS_MAPPINGS:
+        raise SystemExit("The gguf comparison needs ComfyUI-GGUF: set TACA_PEER_PACKS to the folder holding it "
+                         "(tests/run_peers.py --fetch gets it) and pip install gguf.")
+    name = f"taca_bench_{family}-Q8_0.gguf"
+    weights = {k: v.detach().float() for k, v in model.model.diffusion_model.state_dict().items()}
+    gguf_models.write_quantized(weights, GGUF_ARCH[family], "Q8_0", folder / name)
+    paths, extensions = folder_paths.folder_names_and_paths["diffusion_models"]
+    folder_paths.folder_names_and_paths["diffusion_models"] = ([*paths, str(folder)], extensions)
+    return nodes.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet(name)[0]
+
+
 def main(opts):
     rounds = 3 if opts.quick else opts.rounds
     if opts.threads:
@@ -303,6 +328,11 @@ def main(opts):
     dtype = getattr(torch, opts.dtype or ("bfloat16" if opts.real and cuda else "float32"))
 
     asyncio.run(nodes.load_custom_node(str(ROOT)))
+    if "gguf" in opts.comparisons:
+        from peer_packs import GGUF, pack_path  # noqa: E402  (tests/integration)
+
+        if pack_path(GGUF) is not None:
+            asyncio.run(nodes.load_custom_node(str(pack_path(GGUF))))
     taca_node, lora_node = nodes.NODE_CLASS_MAPPINGS["TACA"], nodes.NODE_CLASS_MAPPINGS["TACALoraLoader"]
     advanced_node, probe_node = nodes.NODE_CLASS_MAPPINGS["TACAAdvanced"], nodes.NODE_CLASS_MAPPINGS["TACABalanceProbe"]
 
@@ -395,6 +425,14 @@ def main(opts):
             rows.append((family, "per step: TACA Advanced, defaults but threshold 0 / TACA", summarize(r, "advanced", "taca")))
             rows.append((family, "per step: TACA Advanced, cond only / TACA", summarize(r, "cond_only", "taca")))
             rows.append((family, "per step: TACA Advanced, linear ramp 1000→0 / TACA", summarize(r, "ramp", "taca")))
+        if "gguf" in opts.comparisons:
+            print(f"[{family}] per step: a GGUF Q8_0 model, TACA on (every step in window) vs off", flush=True)
+            quantized = load_gguf(model, family, folder)
+            r = compare({"off": model, "gguf_off": quantized, "gguf_taca": taca(quantized, 0.0)}, spec, steps=4,
+                        rounds=rounds)
+            rows.append((family, "per step, GGUF Q8_0: TACA on (every step in window) / off", summarize(r, "gguf_taca", "gguf_off")))
+            rows.append((family, "per step: GGUF Q8_0 off / unquantized off", summarize(r, "gguf_off", "off")))
+            del quantized
         del model
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
@@ -411,7 +449,7 @@ def main(opts):
         "overhead": [{"model": m, "case": c, **d} for m, c, d in overheads],
     }
     suffix = ("-real" if opts.real else "") + (f"-{opts.attention}" if ATTENTION_FLAGS[opts.attention] else "")
-    if opts.comparisons != list(COMPARISONS):
+    if opts.comparisons != list(DEFAULT_COMPARISONS):
         suffix += "".join(f"-{c}" for c in COMPARISONS if c in opts.comparisons)
     suffix += (f"-{opts.threads}-threads" if opts.threads else "") + ("-quick" if opts.quick else "")
     out = ROOT / "benchmarks" / "results" / f"model_step-{device.split(':')[0]}{suffix}"
