@@ -16,7 +16,7 @@ workflows use, with seeded random weights, and as small as ComfyUI's detection a
 T5-XXL (and CLIP-G) are not built: see SUBSTITUTED_LOADERS.
 
 The files (about 1.7 GB) are cached under the folder TACA_TEST_MODEL_CACHE names, or the system
-temp folder, keyed by CACHE_VERSION; bump it when a builder changes. Building needs ComfyUI importable in-process (conftest.py arranges that).
+temp folder, keyed by CACHE_VERSION and the ComfyUI version; bump CACHE_VERSION when a builder changes. Building needs ComfyUI importable in-process (conftest.py arranges that).
 """
 
 import copy
@@ -36,7 +36,20 @@ from tiny_families.flux import flux_params
 from tiny_models import randomize_weights, tiny_sd35_large, tiny_sd35_medium
 
 CACHE_VERSION = "1"
-CACHE = Path(os.environ.get("TACA_TEST_MODEL_CACHE", tempfile.gettempdir())) / f"comfyui-taca-test-models-v{CACHE_VERSION}"
+
+
+def host_version() -> str:
+    """The ComfyUI version the files are built with: hosts save some keys differently (0.33 writes
+    FLUX's norm scales as '.weight', which 0.3.64 does not detect), so each keeps its own files."""
+    try:
+        import comfyui_version
+    except ImportError:
+        return "unknown"
+    return comfyui_version.__version__
+
+
+CACHE = (Path(os.environ.get("TACA_TEST_MODEL_CACHE", tempfile.gettempdir()))
+         / f"comfyui-taca-test-models-v{CACHE_VERSION}-comfyui-{host_version()}")
 
 FLUX_UNET = "diffusion_models/flux1-dev.safetensors"
 SD35_MEDIUM = "checkpoints/sd3.5_medium.safetensors"

@@ -25,6 +25,7 @@ import comfy.model_detection
 import comfy.sd
 import comfy.supported_models
 
+from model_files import host_version
 from tiny_loras import generic_lora
 from tiny_models import build_from_config
 
@@ -109,7 +110,7 @@ def build(family: ServerFamily, seed: int = 11) -> dict:
 
 def files(family: ServerFamily) -> Path:
     """The folder (models/ layout) of the family's files, built on first use."""
-    folder = CACHE / f"comfyui-taca-server-family-v{VERSION}-{family.config_class}"
+    folder = CACHE / f"comfyui-taca-server-family-v{VERSION}-{family.config_class}-comfyui-{host_version()}"
     if (folder / "complete").is_file():
         return folder
     CACHE.mkdir(parents=True, exist_ok=True)
