@@ -17,7 +17,6 @@ the pack's NAG. ComfyUI-NAG does not load on ComfyUI 0.33 (its module imports a 
 no longer has); its tests skip there with that reason.
 """
 
-import logging
 
 import pytest
 
@@ -30,7 +29,7 @@ from tiny_models import MODELS, conditioning, empty_latent, image_tokens, sample
 
 GAMMA = 1.3
 STEPS = 2  # the first in the window
-NO_JOINT_CALL = "no joint text-image attention call reached TACA"
+NO_JOINT_CALL = "no joint text-image attention call of this .* reached TACA"
 
 
 def probe(model):
@@ -136,15 +135,17 @@ def test_nag_pack_with_taca_at_gamma_one_is_nag_alone(family, taca):
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
-def test_nag_pack_blocks_reach_no_attention_override_and_taca_says_so(family, taca, caplog):
+def test_nag_pack_blocks_reach_no_attention_override_and_taca_stops(family, taca):
+    # The pack's blocks call attention without transformer_options: TACA could not act, so it
+    # stops at the first step inside its window instead of sampling as if it had.
     model = MODELS[family](seed=64)
     latent = empty_latent(8, 8)
     positive, negative = conditioning(model, 20, seed=65), conditioning(model, 20, seed=66)
     threshold = threshold_after_step(model, 1, STEPS)
     nag_alone = nag_pack(model, positive, negative, latent)
-    probed, balance = probe(taca(model, GAMMA, threshold))
-    with caplog.at_level(logging.WARNING):
-        out = nag_pack(probed, positive, negative, latent)
-    assert identical(out, nag_alone)  # NAG ran; TACA could not act inside it
-    assert sum(scaled_calls_per_forward(balance, threshold)) == 0
-    assert any(NO_JOINT_CALL in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    with pytest.raises(RuntimeError, match=NO_JOINT_CALL):
+        nag_pack(taca(model, GAMMA, threshold), positive, negative, latent)
+    # The pack's run right after a TACA model's misses NAG (the pack's own caveat, README); the
+    # one after it is NAG's again: nothing of TACA stays.
+    nag_pack(model, positive, negative, latent)
+    assert identical(nag_pack(model, positive, negative, latent), nag_alone)
