@@ -8,10 +8,14 @@ inside the server process:
                             LoRA loader's low-rank adds; reply with the counts per kind
     GET  /taca-test/alive   after gc.collect(), how many of them are still referenced, per
                             kind, with a few examples and what refers to them
+    GET  /taca-test/memory  glibc's heap: in use, free but kept, mmapped
+    POST /taca-test/trim    glibc's malloc_trim: free heap pages back to the system
 
-The test calls watch, then ComfyUI's own /free (unload_models, free_memory), then alive.
+The test calls watch, then ComfyUI's own /free (unload_models, free_memory), then alive; and
+trim before it reads the server's resident size.
 """
 
+import ctypes
 import gc
 import weakref
 
@@ -77,3 +81,36 @@ def counts(selected) -> dict:
         out.setdefault(kind, 0)
         out[kind] += bool(selected(ref))
     return out
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def libc():
+    try:
+        lib = ctypes.CDLL("libc.so.6")
+        lib.mallinfo2.restype = MallInfo2
+        return lib
+    except (OSError, AttributeError):  # not glibc 2.33 or later
+        return None
+
+
+@server.PromptServer.instance.routes.get("/taca-test/memory")
+async def memory(request):
+    """glibc's view of the heap (mallinfo2, all arenas): what is in use, and what is free but kept."""
+    lib = libc()
+    if lib is None:
+        return web.json_response({})
+    info = lib.mallinfo2()
+    return web.json_response({"heap": info.arena, "heap_in_use": info.uordblks, "heap_free": info.fordblks,
+                              "mmapped": info.hblkhd})
+
+
+@server.PromptServer.instance.routes.post("/taca-test/trim")
+async def trim(request):
+    """Ask glibc to give its free heap pages back to the system (malloc_trim), so that the resident size
+    measures memory in use rather than what the allocator keeps; it frees nothing that is in use."""
+    lib = libc()
+    return web.json_response({"trimmed": bool(lib.malloc_trim(0)) if lib is not None else None})
