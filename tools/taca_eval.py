@@ -33,6 +33,7 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -563,7 +564,7 @@ def generate(args, store: Store, workflow: dict, prompts: list) -> dict:
         else:
             log = os.path.join(os.path.abspath(args.out), "comfyui.log")
             print(f"starting ComfyUI in {args.comfyui} (log: {log})", file=sys.stderr, flush=True)
-            process, url = start_server(args.comfyui, args.port, args.comfyui_args.split(), args.python, log)
+            process, url = start_server(args.comfyui, args.port, shlex.split(args.comfyui_args), args.python, log)
             print(f"started ComfyUI (pid {process.pid}) at {url}", file=sys.stderr, flush=True)
         client = ComfyClient(url)
         generator = Generator(workflow, client, args)
