@@ -4,7 +4,8 @@ A patch on `<module>.forward` (ModelPatcher.add_object_patch) calls the module's
 forward, which it holds bound to that module. Some clones carry the object patches onto a
 freshly built model: `clone(disable_dynamic=True)` (TorchCompileModel on ComfyUI 0.33 with
 dynamic VRAM) and the multi-GPU deep clones. An ON_CLONE callback gives such a clone
-patches bound to its own modules, so they never run the old model's weights.
+patches bound to its own modules, so they never run the old model's weights. An ON_DETACH
+callback undoes the reference cycle ComfyUI's restore of a patched forward would leave.
 """
 
 import copy
@@ -40,9 +41,10 @@ def add_forward_patch(patcher, module_path: str, make) -> None:
     key = module_path + ".forward"
     module = comfy.utils.get_attr(patcher.model, module_path)
     patcher.add_object_patch(key, make(module, patcher.object_patches.get(key)))
-    callbacks = patcher.callbacks.get(comfy.patcher_extension.CallbacksMP.ON_CLONE, {})
-    if CALLBACK_KEY not in callbacks:
-        patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLONE, CALLBACK_KEY, rebind_forward_patches)
+    for call, callback in ((comfy.patcher_extension.CallbacksMP.ON_CLONE, rebind_forward_patches),
+                           (comfy.patcher_extension.CallbacksMP.ON_DETACH, drop_restored_forwards)):
+        if CALLBACK_KEY not in patcher.callbacks.get(call, {}):
+            patcher.add_callback_with_key(call, CALLBACK_KEY, callback)
 
 
 def rebind_forward_patches(original, clone) -> None:
@@ -52,3 +54,17 @@ def rebind_forward_patches(original, clone) -> None:
     for key, patch in list(clone.object_patches.items()):
         if isinstance(patch, ForwardPatch):
             clone.object_patches[key] = patch.rebound(comfy.utils.get_attr(clone.model, key[:-len(".forward")]))
+
+
+def drop_restored_forwards(patcher, unpatch_all=True) -> None:
+    """ON_DETACH: ComfyUI restores an object-patched `forward` by setting the module's own bound
+    method on the instance. That method refers back to the module: a reference cycle that keeps
+    the model's weights alive until Python's next garbage collection, after the model is unloaded.
+    Where that is what was restored, remove it; the class's forward is the same method."""
+    for key, patch in patcher.object_patches.items():
+        if not isinstance(patch, ForwardPatch):
+            continue
+        module = comfy.utils.get_attr(patcher.model, key[:-len(".forward")])
+        restored = vars(module).get("forward")
+        if getattr(restored, "__self__", None) is module and getattr(restored, "__func__", None) is type(module).forward:
+            del vars(module)["forward"]
