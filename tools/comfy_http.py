@@ -1,11 +1,13 @@
 """A ComfyUI server from the outside, through its own HTTP API. Standard library only.
 
 - start_server / stop_server: run ComfyUI's main.py as a child process, stop it by its PID;
+- server_for: the URL of a running ComfyUI, or of one started for a block of code and stopped after it;
 - ComfyClient: queue an API-format prompt (POST /prompt), follow it on the /ws websocket
   (progress per step, node states), read /history and download outputs with /view.
 """
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from typing import NamedTuple, Optional
 
 
 class ComfyError(RuntimeError):
@@ -62,6 +65,30 @@ def stop_server(process, timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout)
+
+
+class Server(NamedTuple):
+    url: str
+    process: Optional[subprocess.Popen] = None  # None: a server that was running already
+    log_path: Optional[str] = None
+
+
+@contextlib.contextmanager
+def server_for(url=None, comfyui=None, port: int = 0, comfyui_args=(), python: str = sys.executable, log_path=None):
+    """A ComfyUI for a block of code: the one at `url` once it answers, or else one started in the
+    folder `comfyui` (its log in log_path) and stopped by its PID when the block ends."""
+    if url:
+        ComfyClient(url).wait_until_ready(10)
+        yield Server(url)
+        return
+    print(f"starting ComfyUI in {comfyui} (log: {log_path})", file=sys.stderr, flush=True)
+    process, url = start_server(comfyui, port, comfyui_args, python, log_path)
+    print(f"started ComfyUI (pid {process.pid}) at {url}", file=sys.stderr, flush=True)
+    try:
+        yield Server(url, process, log_path)
+    finally:
+        stop_server(process)
+        print(f"stopped ComfyUI (pid {process.pid})", file=sys.stderr, flush=True)
 
 
 class WebSocket:

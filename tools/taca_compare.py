@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from comfy_http import ComfyClient, ComfyError, start_server, stop_server  # noqa: E402
+from comfy_http import ComfyClient, ComfyError, server_for  # noqa: E402
 from workflow_api import WorkflowError, to_api_prompt  # noqa: E402
 
 PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,31 +318,19 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with open(args.workflow, encoding="utf-8") as f:
         workflow = json.load(f)
-    process = None
+    log = os.path.join(os.path.dirname(os.path.abspath(args.out)) or ".", "taca_compare_comfyui.log")
     try:
-        if args.server:
-            url = args.server
-            ComfyClient(url).wait_until_ready(10)
-        else:
-            log = os.path.join(os.path.dirname(os.path.abspath(args.out)) or ".", "taca_compare_comfyui.log")
-            print(f"starting ComfyUI in {args.comfyui} (log: {log})", file=sys.stderr, flush=True)
-            process, url = start_server(args.comfyui, args.port, shlex.split(args.comfyui_args), args.python, log)
-            print(f"started ComfyUI (pid {process.pid}) at {url}", file=sys.stderr, flush=True)
-        client = ComfyClient(url)
-        object_info = client.object_info()
-        prompt = apply_options(to_api_prompt(workflow, object_info), args, object_info)
-        entry = client.run(prompt, on_event=Progress(prompt), timeout=args.timeout)
-        for path in save_images(client, entry, prompt, args.out, labels=not args.no_labels):
-            print(f"wrote {path}")
+        with server_for(args.server, args.comfyui, args.port, shlex.split(args.comfyui_args), args.python, log) as server:
+            client = ComfyClient(server.url)
+            object_info = client.object_info()
+            prompt = apply_options(to_api_prompt(workflow, object_info), args, object_info)
+            entry = client.run(prompt, on_event=Progress(prompt), timeout=args.timeout)
+            for path in save_images(client, entry, prompt, args.out, labels=not args.no_labels):
+                print(f"wrote {path}")
         return 0
     except (ComfyError, WorkflowError, OSError) as e:
         print(f"taca_compare: {e}", file=sys.stderr)
         return 1
-    finally:
-        if process is not None:
-            stop_server(process)
-            print(f"stopped ComfyUI (pid {process.pid})", file=sys.stderr)
-
 
 if __name__ == "__main__":
     sys.exit(main())

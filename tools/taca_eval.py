@@ -43,7 +43,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from comfy_http import ComfyClient, ComfyError, log_tail, start_server, stop_server  # noqa: E402
+from comfy_http import ComfyClient, ComfyError, log_tail, server_for  # noqa: E402
 from taca_compare import PROMPT_TITLE, apply_options  # noqa: E402
 from workflow_api import BYPASSED, WorkflowError, combo_options, input_spec, to_api_prompt, widget_inputs  # noqa: E402
 
@@ -556,17 +556,9 @@ def load_prompt_list(sources, limit=None) -> list:
 
 def generate(args, store: Store, workflow: dict, prompts: list) -> dict:
     """Make every image of the plan that the folder lacks; the plan."""
-    process = None
-    try:
-        if args.server:
-            url = args.server
-            ComfyClient(url).wait_until_ready(10)
-        else:
-            log = os.path.join(os.path.abspath(args.out), "comfyui.log")
-            print(f"starting ComfyUI in {args.comfyui} (log: {log})", file=sys.stderr, flush=True)
-            process, url = start_server(args.comfyui, args.port, shlex.split(args.comfyui_args), args.python, log)
-            print(f"started ComfyUI (pid {process.pid}) at {url}", file=sys.stderr, flush=True)
-        client = ComfyClient(url)
+    log = os.path.join(os.path.abspath(args.out), "comfyui.log")
+    with server_for(args.server, args.comfyui, args.port, shlex.split(args.comfyui_args), args.python, log) as server:
+        client = ComfyClient(server.url)
         generator = Generator(workflow, client, args)
         plan = {
             "workflow": generator.hash, "workflow_file": os.path.abspath(args.workflow),
@@ -589,13 +581,13 @@ def generate(args, store: Store, workflow: dict, prompts: list) -> dict:
                 png = generator.make(text, seed, setting)
             except (ComfyError, OSError) as e:
                 died = ""
-                if process is not None:
+                if server.process is not None:
                     try:  # a server that died: its exit code and the end of its log say why
-                        process.wait(timeout=5 if isinstance(e, OSError) else 0.1)
-                        died = f" ComfyUI (pid {process.pid}) exited with code {process.returncode}{log_tail(log)}"
+                        server.process.wait(timeout=5 if isinstance(e, OSError) else 0.1)
+                        died = f" ComfyUI (pid {server.process.pid}) exited with code {server.process.returncode}{log_tail(log)}"
                     except subprocess.TimeoutExpired:
                         pass
-                what = f"lost the connection to ComfyUI at {url} ({e})" if isinstance(e, OSError) else str(e).rstrip(".")
+                what = f"lost the connection to ComfyUI at {server.url} ({e})" if isinstance(e, OSError) else str(e).rstrip(".")
                 raise EvalError(f"{what}.{died}\n{progress.done} of {len(jobs)} images are done and kept in {args.out}; "
                                 "run the same command again to make the rest") from None
             store.add_image({"key": key, "workflow": plan["workflow"], "prompt": text, "category": category, "seed": seed,
@@ -603,10 +595,6 @@ def generate(args, store: Store, workflow: dict, prompts: list) -> dict:
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, png)
             progress.image_done(f"{setting_label(setting)} · seed {seed} · {text[:60]}")
         return plan
-    finally:
-        if process is not None:
-            stop_server(process)
-            print(f"stopped ComfyUI (pid {process.pid})", file=sys.stderr, flush=True)
 
 
 def scorer_id(described: dict) -> str:
