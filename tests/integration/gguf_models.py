@@ -17,8 +17,6 @@ The files are cached beside model_files' cache, keyed by GGUF_VERSION and model_
 CACHE_VERSION, under the folder layout ComfyUI reads (diffusion_models/).
 """
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -116,22 +114,11 @@ def diffusion_model_state_dict(model: str) -> tuple:
 
 def gguf_files() -> Path:
     """The folder holding diffusion_models/<model>-<quant>.gguf for every model and type, built on first use."""
-    if (CACHE / "complete").is_file():
-        return CACHE
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=CACHE.name + ".", dir=CACHE.parent))
-    try:
+    def build(staging: Path) -> None:
         (staging / "diffusion_models").mkdir()
         for model in SOURCES:
             state_dict, arch = diffusion_model_state_dict(model)
             for quant in QUANT_TYPES:
                 write_quantized(state_dict, arch, quant, staging / "diffusion_models" / file_name(model, quant))
-        (staging / "complete").write_text(GGUF_VERSION)
-        try:
-            staging.rename(CACHE)
-        except OSError:  # another run finished first; its files are the same
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return CACHE
+
+    return model_files.built_folder(CACHE, GGUF_VERSION, build)

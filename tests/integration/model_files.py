@@ -91,25 +91,36 @@ VAE_CONFIG = {
 }
 
 
-def model_files() -> Path:
-    """The folder of built model files (models/ layout), built on first use."""
-    if (CACHE / "complete").is_file():
-        return CACHE
-    CACHE.parent.mkdir(parents=True, exist_ok=True)  # TACA_TEST_MODEL_CACHE may name a folder not made yet
-    staging = Path(tempfile.mkdtemp(prefix=CACHE.name + ".", dir=CACHE.parent))
+def built_folder(folder: Path, version: str, build) -> Path:
+    """`folder`, written by build(staging folder) on first use: built beside it and renamed into
+    place once complete, so an interrupted run leaves nothing half-written and two runs may race."""
+    if (folder / "complete").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)  # TACA_TEST_MODEL_CACHE may name a folder not made yet
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        for rel, (sd, metadata) in _build_all().items():
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            safetensors.torch.save_file(sd, str(staging / rel), metadata=metadata)
-        (staging / "complete").write_text(CACHE_VERSION)
+        build(staging)
+        (staging / "complete").write_text(version)
         try:
-            staging.rename(CACHE)
+            staging.rename(folder)
         except OSError:  # another run finished first; its files are the same
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return CACHE
+    return folder
+
+
+def save_all(files: dict, staging: Path) -> None:
+    """Write {relative path: (state dict, metadata or None)} as safetensors files under staging."""
+    for rel, (sd, metadata) in files.items():
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(sd, str(staging / rel), metadata=metadata)
+
+
+def model_files() -> Path:
+    """The folder of built model files (models/ layout), built on first use."""
+    return built_folder(CACHE, CACHE_VERSION, lambda staging: save_all(_build_all(), staging))
 
 
 def install(models_dir: Path) -> None:

@@ -13,18 +13,17 @@ The files are cached beside the shared ones (TACA_TEST_MODEL_CACHE), keyed by VE
 """
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 import comfy.model_detection
 import comfy.sd
 import comfy.supported_models
 
+import model_files
 from model_files import host_version
 from tiny_loras import generic_lora
 from tiny_models import build_from_config
@@ -111,23 +110,8 @@ def build(family: ServerFamily, seed: int = 11) -> dict:
 def files(family: ServerFamily) -> Path:
     """The folder (models/ layout) of the family's files, built on first use."""
     folder = CACHE / f"comfyui-taca-server-family-v{VERSION}-{family.config_class}-comfyui-{host_version()}"
-    if (folder / "complete").is_file():
-        return folder
-    CACHE.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=CACHE))
-    try:
-        for rel, sd in build(family).items():
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            safetensors.torch.save_file(sd, str(staging / rel))
-        (staging / "complete").write_text(VERSION)
-        try:
-            staging.rename(folder)
-        except OSError:  # another run finished first; its files are the same
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    write = lambda staging: model_files.save_all({rel: (sd, None) for rel, sd in build(family).items()}, staging)  # noqa: E731
+    return model_files.built_folder(folder, VERSION, write)
 
 
 def install(family: ServerFamily, models_dir: Path) -> None:
