@@ -62,6 +62,13 @@ def build_blip_vqa(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def _clip_text_config(vocab: dict) -> dict:
+    """The text tower of CLIP and OWLv2 over the tiny CLIP vocabulary."""
+    return {**_tiny_layers(), "vocab_size": len(vocab), "max_position_embeddings": 32,
+            "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"]}
+
+
 def build_clip(folder: Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -69,9 +76,7 @@ def build_clip(folder: Path, seed: int = 0) -> Path:
     vocab = _clip_tokenizer_files(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     config = CLIPConfig(
-        text_config={**_tiny_layers(), "vocab_size": len(vocab), "max_position_embeddings": 32,
-                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                     "pad_token_id": vocab["<|endoftext|>"]},
+        text_config=_clip_text_config(vocab),
         vision_config={**_tiny_layers(), "image_size": SIZE, "patch_size": 8},
         projection_dim=16,
     )
@@ -89,9 +94,7 @@ def build_owlv2(folder: Path, seed: int = 0) -> Path:
     vocab = _clip_tokenizer_files(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     config = Owlv2Config(
-        text_config={**_tiny_layers(), "vocab_size": len(vocab), "max_position_embeddings": 32,
-                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                     "pad_token_id": vocab["<|endoftext|>"]},
+        text_config=_clip_text_config(vocab),
         vision_config={**_tiny_layers(), "image_size": 2 * SIZE, "patch_size": 16},
         projection_dim=32,  # OWL compares text embeddings with image features of the text width
     )

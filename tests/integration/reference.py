@@ -7,7 +7,6 @@ knows the joint calls by their key length and the text span from the test's own 
 description (tiny_families), and hands every other call to ComfyUI untouched.
 """
 
-import math
 from collections import namedtuple
 from typing import Callable, Dict
 

@@ -9,7 +9,7 @@ SD3.5-Medium.
 import pytest
 
 from reference import max_difference
-from test_families import FAMILIES, run, setup, threshold_after_step
+from test_families import FAMILIES, run, setup
 from tiny_loras import generic_lora, lora_loader, merged_lora
 
 # In fp32, x·(W + s·B·A)ᵀ (merged) and x·Wᵀ + s·(x·Aᵀ)·Bᵀ round differently; these LoRAs touch

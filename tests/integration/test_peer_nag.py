@@ -120,12 +120,17 @@ def nag_pack(model, positive, negative, latent, nag_scale=3.0):
     return out["samples"]
 
 
+def pack_setup(family: str, seed: int):
+    """A tiny model of the family, an 8×8 latent, positive and negative prompts, and a threshold
+    that ends TACA's window after the first step."""
+    model = MODELS[family](seed=seed)
+    positive, negative = conditioning(model, 20, seed=seed + 1), conditioning(model, 20, seed=seed + 2)
+    return model, empty_latent(8, 8), positive, negative, threshold_after_step(model, 1, STEPS)
+
+
 @pytest.mark.parametrize("family", ["flux", "sd3.5-medium"])
 def test_nag_pack_with_taca_at_gamma_one_is_nag_alone(family, taca):
-    model = MODELS[family](seed=61)
-    latent = empty_latent(8, 8)
-    positive, negative = conditioning(model, 20, seed=62), conditioning(model, 20, seed=63)
-    threshold = threshold_after_step(model, 1, STEPS)
+    model, latent, positive, negative, threshold = pack_setup(family, 61)
     without_nag = nag_pack(model, positive, negative, latent, nag_scale=1.0)  # the pack's sampler, NAG off
     nag_alone = nag_pack(model, positive, negative, latent)
     assert max_difference(nag_alone, without_nag) > 1e-2  # NAG acts
@@ -138,10 +143,7 @@ def test_nag_pack_with_taca_at_gamma_one_is_nag_alone(family, taca):
 def test_nag_pack_blocks_reach_no_attention_override_and_taca_stops(family, taca):
     # The pack's blocks call attention without transformer_options: TACA could not act, so it
     # stops at the first step inside its window instead of sampling as if it had.
-    model = MODELS[family](seed=64)
-    latent = empty_latent(8, 8)
-    positive, negative = conditioning(model, 20, seed=65), conditioning(model, 20, seed=66)
-    threshold = threshold_after_step(model, 1, STEPS)
+    model, latent, positive, negative, threshold = pack_setup(family, 64)
     nag_alone = nag_pack(model, positive, negative, latent)
     with pytest.raises(RuntimeError, match=NO_JOINT_CALL):
         nag_pack(taca(model, GAMMA, threshold), positive, negative, latent)
