@@ -15,7 +15,10 @@ on its own, as a frame of its own; what that frame read from transformer_options
 replayed unchecked in every later call: a step from inside the window, the keys of one block's
 options. What it reads of the override's own attributes is guarded, so it recompiles or runs
 eagerly instead. In a graph traced whole, the forward patch reads the same state first, through
-the diffusion model, so the step is guarded there too.
+the diffusion model, so the step is guarded there too. For the same reason the diffusion model
+receives its transformer_options without TACA's settings (only the APPLY_MODEL wrappers read
+them): a block compiled as a frame of its own replays the keys it saw, and a later model
+without TACA would lack them (KeyError in the compiled block).
 
 Which joint block is running, where TACA Advanced's blocks or the probe need it, comes from
 the blocks themselves: a patch on each joint block's forward (the family's module lists)
@@ -45,7 +48,6 @@ from .forward_patch import ForwardPatch, add_forward_patch
 from .foreign_patches import StepHidden, follow_a_replaced_forward, forget_a_replaced_forward, is_own_forward, reaches
 
 SETTINGS_KEY = "taca"
-STEP_KEY = "taca_step"
 WRAPPER_KEY = "taca"
 FORWARD_KEY = "taca_forward"  # the callbacks that follow a forward replaced outside ComfyUI's patching
 COMPILE_KWARGS = "torch_compile_kwargs"  # where comfy_api.torch_helpers keeps TorchCompileModel's settings
@@ -199,9 +201,12 @@ class TACAForward(ForwardPatch):
     def __call__(self, *args, **kwargs):
         options = kwargs.get("transformer_options")
         if options is not None:  # BaseModel.apply_model always passes them
-            # Read here, a graph traced whole guards the step by this patch's path (the override
-            # reaches the same state through transformer_options, whose guards may be dropped).
-            options = {**options, STEP_KEY: self.state.step}
+            # Read here first, a graph traced whole guards the step by this patch's path (the
+            # override reaches the same state through transformer_options, whose guards may be dropped).
+            self.state.step  # noqa: B018
+            # TACA's settings stay with the wrappers that read them: the diffusion model gets the
+            # options without them, so a block compiled without guards never replays a key of TACA's.
+            options = {key: value for key, value in options.items() if key != SETTINGS_KEY}
             override = options.get(OVERRIDE_KEY)
             if not (isinstance(override, TACAOverride) and override.state is self.state):
                 options[OVERRIDE_KEY] = self.override_around(override)
