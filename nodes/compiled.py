@@ -44,7 +44,7 @@ def compile_node(patcher) -> str:
     names = []
     for wrapper in compile_wrappers(patcher):
         module = getattr(wrapper, "__module__", "") or ""
-        if module.startswith(("comfy", "comfy_api", "comfy_extras")):
+        if module.split(".")[0] in ("comfy", "comfy_api", "comfy_extras"):  # not a pack named comfyui_…
             names.append("ComfyUI's TorchCompileModel")
             continue
         file = getattr(sys.modules.get(module), "__file__", None)

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from .forward_patch import ForwardPatch
+from .forward_patch import ForwardPatch, is_own_forward
 
 FORWARD = "diffusion_model.forward"
 
@@ -68,12 +68,6 @@ def is_full(cell) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_own_forward(forward, module) -> bool:
-    """Whether `forward` is the module's class forward bound to it (also as ComfyUI's
-    unpatching puts it back)."""
-    return getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
 
 
 def follow_a_replaced_forward(state, patcher) -> None:

@@ -56,6 +56,12 @@ def rebind_forward_patches(original, clone) -> None:
             clone.object_patches[key] = patch.rebound(comfy.utils.get_attr(clone.model, key[:-len(".forward")]))
 
 
+def is_own_forward(forward, module) -> bool:
+    """Whether `forward` is the module's class forward bound to it (also as ComfyUI's
+    unpatching puts it back)."""
+    return getattr(forward, "__func__", None) is type(module).forward and getattr(forward, "__self__", None) is module
+
+
 def drop_restored_forwards(patcher, unpatch_all=True) -> None:
     """ON_DETACH: ComfyUI restores an object-patched `forward` by setting the module's own bound
     method on the instance. That method refers back to the module: a reference cycle that keeps
@@ -65,6 +71,5 @@ def drop_restored_forwards(patcher, unpatch_all=True) -> None:
         if not isinstance(patch, ForwardPatch):
             continue
         module = comfy.utils.get_attr(patcher.model, key[:-len(".forward")])
-        restored = vars(module).get("forward")
-        if getattr(restored, "__self__", None) is module and getattr(restored, "__func__", None) is type(module).forward:
+        if is_own_forward(vars(module).get("forward"), module):
             del vars(module)["forward"]

@@ -44,8 +44,8 @@ from ..taca.attention import taca_attention, text_attention_mass
 from ..taca.schedule import timestep_from_sigma
 from .architectures import Family, TextLayout, family_of
 from .compiled import compile_node, compiled_modules
-from .forward_patch import ForwardPatch, add_forward_patch
-from .foreign_patches import StepHidden, follow_a_replaced_forward, forget_a_replaced_forward, is_own_forward, reaches
+from .forward_patch import ForwardPatch, add_forward_patch, is_own_forward
+from .foreign_patches import StepHidden, follow_a_replaced_forward, forget_a_replaced_forward, reaches
 
 SETTINGS_KEY = "taca"
 WRAPPER_KEY = "taca"
@@ -256,12 +256,10 @@ def mark_joint_blocks(patched, family: Family, state: Optional[TACAState]) -> No
         key = f"diffusion_model.{path}.forward"
         earlier = patched.object_patches.get(key)
         if isinstance(earlier, JointBlockMark):
-            inner = earlier.forward
-            own = getattr(inner, "__func__", None) is type(earlier.module).forward and inner.__self__ is earlier.module
-            if own:
+            if is_own_forward(earlier.forward, earlier.module):
                 del patched.object_patches[key]
             else:
-                patched.object_patches[key] = inner
+                patched.object_patches[key] = earlier.forward
         if state is not None:
             add_forward_patch(patched, f"diffusion_model.{path}",
                               lambda module, forward, n=number: JointBlockMark(module, forward, state, n))
