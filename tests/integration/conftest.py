@@ -150,6 +150,16 @@ def taca(taca_node):
     return run
 
 
+@pytest.fixture(scope="session")
+def server():
+    """The test ComfyUI server (comfy_server.SharedComfyUI: this pack and the tiny model files),
+    started on first use and shared by every test that asks for it."""
+    from comfy_server import shared_server
+
+    with shared_server() as s:
+        yield s
+
+
 @pytest.fixture
 def torch_compile():
     """Run ComfyUI's TorchCompileModel node (inductor): torch_compile(model) -> its MODEL output.

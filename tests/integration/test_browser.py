@@ -32,7 +32,7 @@ import pytest
 from PIL import Image
 
 import model_files
-from comfy_server import ARTIFACTS, BALANCE, PACK, PACK_FOLDER, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
+from comfy_server import ARTIFACTS, BALANCE, PACK, PACK_FOLDER, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow
 from workflow_api import FRONTEND_ONLY, to_api_prompt
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -171,12 +171,6 @@ PREPARE_TEST_RUN_JS = """
   graph.setDirtyCanvas(true, true);
 }
 """
-
-
-@pytest.fixture(scope="session")
-def server():
-    with shared_server() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import model_files
-from comfy_server import COMFYUI, PACK, SERVER_ARGS, TEST_SIZE, TEST_STEPS, load_workflow, shared_server
+from comfy_server import COMFYUI, PACK, SERVER_ARGS, TEST_SIZE, TEST_STEPS, load_workflow
 
 sys.path.insert(0, str(PACK / "tests"))
 import tiny_scorer_models  # noqa: E402
@@ -34,12 +34,6 @@ PROMPTS = {
 SEEDS = 2
 GRID = ("--gamma", "1.2,1.5", "--threshold", "970")  # the baseline and 2 settings: 3 x 2 x 3 = 18 images
 IMAGES = len(PROMPTS) * SEEDS * 3
-
-
-@pytest.fixture(scope="module")
-def server():
-    with shared_server() as s:
-        yield s
 
 
 def shipped_workflow(folder, name):

@@ -16,17 +16,11 @@ import safetensors.torch
 import torch
 
 import model_files
-from comfy_server import shared_server  # first: it puts tools/ on the path
+import comfy_server  # noqa: F401  first: it puts tools/ on the path
 from comfy_http import ComfyError
 
 GOOD = "taca_sd3.5-medium_r64.safetensors"
 SAMPLER = "8"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with shared_server() as s:
-        yield s
 
 
 def graph(lora_name: str, seed: int) -> dict:

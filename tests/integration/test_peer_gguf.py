@@ -103,31 +103,28 @@ def test_lora_loader_on_a_gguf_model_outside_the_window_is_the_model_without_it(
     assert torch.equal(with_lora, without)
 
 
-def test_the_server_loads_comfyui_gguf_beside_taca_and_runs_a_gguf_model_with_it():
+def test_the_server_loads_comfyui_gguf_beside_taca_and_runs_a_gguf_model_with_it(server):
     """ComfyUI's server loads the packs from its custom_nodes folder; a prompt loads a GGUF file
     with UnetLoaderGGUF, and TACA changes what it samples."""
-    from comfy_server import shared_server
+    assert {"UnetLoaderGGUF", "TACA", "TACALoraLoader"} <= set(server.object_info)
+    name = gguf_models.file_name("sd3.5_medium", "Q8_0")
+    target = server.base / "models" / "diffusion_models" / name
+    if not target.exists():
+        target.symlink_to(gguf_models.gguf_files() / "diffusion_models" / name)
 
-    with shared_server() as server:
-        assert {"UnetLoaderGGUF", "TACA", "TACALoraLoader"} <= set(server.object_info)
-        name = gguf_models.file_name("sd3.5_medium", "Q8_0")
-        target = server.base / "models" / "diffusion_models" / name
-        if not target.exists():
-            target.symlink_to(gguf_models.gguf_files() / "diffusion_models" / name)
+    def prompt(gamma):
+        return {
+            "1": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": name}},
+            "2": {"class_type": "TACA", "inputs": {"model": ["1", 0], "gamma": gamma, "threshold": 970.0}},
+            "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l.safetensors", "type": "sd3"}},
+            "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a red cube on a blue ball"}},
+            "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
+            "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "7": {"class_type": "KSampler", "inputs": {
+                "model": ["2", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "seed": 1,
+                "steps": 2, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+            "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "taca_gguf"}},
+        }
 
-        def prompt(gamma):
-            return {
-                "1": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": name}},
-                "2": {"class_type": "TACA", "inputs": {"model": ["1", 0], "gamma": gamma, "threshold": 970.0}},
-                "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l.safetensors", "type": "sd3"}},
-                "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a red cube on a blue ball"}},
-                "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": ""}},
-                "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-                "7": {"class_type": "KSampler", "inputs": {
-                    "model": ["2", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "seed": 1,
-                    "steps": 2, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-                "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "taca_gguf"}},
-            }
-
-        with_taca, without = (server.latent(server.run(prompt(gamma)), "8") for gamma in (GAMMA, 1.0))
+    with_taca, without = (server.latent(server.run(prompt(gamma)), "8") for gamma in (GAMMA, 1.0))
     assert torch.isfinite(with_taca).all() and (with_taca - without).abs().max() > 1e-3

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import model_files
-from comfy_server import BALANCE, COMFYUI, PACK, PACK_FOLDER, SERVER_ARGS, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow, shared_server
+from comfy_server import BALANCE, COMFYUI, PACK, PACK_FOLDER, SERVER_ARGS, SHIPPED, SIDE_BY_SIDE, TEST_SIZE, TEST_STEPS, WORKFLOWS, load_workflow
 from comfy_http import ComfyClient
 from taca_compare import apply_options, labeled, parse_args, save_images, stitch_labels
 from workflow_api import CONTROL_AFTER_GENERATE, FRONTEND_ONLY, WorkflowError, combo_options, input_spec, to_api_prompt, widget_values
@@ -43,12 +43,6 @@ MODEL_FOLDERS = {
     "CLIPLoader": "text_encoders", "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints", "TACALoraLoader": "loras",
 }
 TACA_LORA_PAGE = "huggingface.co/ldiex/TACA"
-
-
-@pytest.fixture(scope="session")
-def server():
-    with shared_server() as s:
-        yield s
 
 
 def by_title(prompt: dict, title: str) -> str:
