@@ -103,7 +103,8 @@ def check_finite(sd: dict, name: str) -> None:
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             continue
         values = tensor if tensor.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else tensor.float()
-        # min and max carry any NaN or infinity, in one pass without a temporary (isfinite would take ~40x longer)
+        # min and max carry any NaN or infinity, in one pass without a temporary (isfinite(...).all()
+        # took 7-13x as long, measured on a CPU with rank-64 factors in fp32, bf16 and fp16)
         if values.numel() and not all(torch.isfinite(x) for x in torch.aminmax(values.reshape(-1))):
             bad[key] = (int(torch.isnan(values).sum()), int(torch.isinf(values).sum()))
     if bad:
